@@ -1,0 +1,46 @@
+"""The FastAPI application factory."""
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy.engine import Engine
+
+from api.errors import install_error_handlers
+from api.middleware import RequestContextMiddleware
+from api.routers import account, events, health, lists, profiles, routing, tracking, webhooks
+from api.temporal_link import TemporalLink
+from herald.config import Settings, get_settings
+from herald.db import make_engine
+from herald.ingest import MetricDirectory
+from herald.keys import KeyVerifier
+
+DESCRIPTION = """
+Herald's HTTP API. Management endpoints take a **private key** (`Authorization: Bearer hk_priv_…`);
+ingest endpoints (`/v1/events*`, `/v1/identify`, `/v1/track`, `/v1/batch`) also take a
+**write key** (`hk_write_…`), as a bearer token or as the HTTP basic-auth username (Segment SDKs).
+Errors are `{"code", "message", "errors": [{"field", "reason"}]}`.
+"""
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    owns_engine = engine is None
+    engine = engine or make_engine(settings.resolved_database_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        if owns_engine:
+            engine.dispose()
+
+    app = FastAPI(title="Herald", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.keys = KeyVerifier(engine, settings.api_key_cache_seconds)
+    app.state.metrics = MetricDirectory()
+    app.state.temporal = TemporalLink(settings)
+    app.add_middleware(RequestContextMiddleware)
+    install_error_handlers(app)
+    for module in (health, profiles, lists, events, tracking, webhooks, account, routing):
+        app.include_router(module.router)
+    return app

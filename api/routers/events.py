@@ -1,0 +1,156 @@
+"""Events: single and batch ingest (202: stored durably, routing follows), reads, metrics."""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query, Request, status
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from api.deps import EngineDep, IngestKey, PrivateKey
+from api.errors import ApiError, field_errors, invalid
+from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
+from herald.db import session_scope
+from herald.ingest import ingest
+from models.events import (
+    MAX_BATCH_EVENTS,
+    BatchItemResult,
+    BatchResult,
+    Event,
+    EventAccepted,
+    EventIn,
+    EventPublic,
+    Metric,
+    MetricPublic,
+)
+
+router = APIRouter(tags=["events"])
+
+
+@router.post(
+    "/v1/events",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Record one event (idempotent on profile + metric + unique_id)",
+)
+def create_event(
+    body: EventIn, request: Request, engine: EngineDep, _key: IngestKey
+) -> EventAccepted:
+    [result] = ingest(engine, request.app.state.metrics, [body], source="api")
+    return EventAccepted(
+        status="duplicate" if result.duplicate else "accepted",
+        event_id=result.event_id,
+        profile_id=result.profile_id,
+    )
+
+
+def validate_items(raw: list[Any], field: str, parse) -> tuple[list, list[BatchItemResult]]:
+    """Validates each item on its own: [(index, parsed)], and a rejection per bad item."""
+    valid, rejected = [], []
+    for i, item in enumerate(raw):
+        try:
+            valid.append((i, parse(item)))
+        except ValidationError as exc:
+            errors = field_errors(exc, prefix=f"{field}[{i}].")
+            rejected.append(BatchItemResult(index=i, status="rejected", errors=errors))
+        except ValueError as exc:
+            rejected.append(
+                BatchItemResult(
+                    index=i,
+                    status="rejected",
+                    errors=[{"field": f"{field}[{i}]", "reason": str(exc)}],
+                )
+            )
+    return valid, rejected
+
+
+def batch_response(
+    engine, metrics, valid: list[tuple[int, EventIn]], rejected: list[BatchItemResult], source: str
+) -> BatchResult:
+    results = list(rejected)
+    if valid:
+        stored = ingest(engine, metrics, [e for _, e in valid], source=source)
+        for (i, _), r in zip(valid, stored, strict=True):
+            results.append(
+                BatchItemResult(
+                    index=i,
+                    status="duplicate" if r.duplicate else "accepted",
+                    event_id=r.event_id,
+                    profile_id=r.profile_id,
+                )
+            )
+    results.sort(key=lambda r: r.index)
+    counts = {s: sum(1 for r in results if r.status == s) for s in ("accepted", "duplicate")}
+    return BatchResult(
+        accepted=counts["accepted"],
+        duplicates=counts["duplicate"],
+        rejected=len(rejected),
+        results=results,
+    )
+
+
+@router.post(
+    "/v1/events/batch",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Record up to 1,000 events; valid ones are stored, invalid ones reported per item",
+    response_model=BatchResult,
+)
+def create_events_batch(
+    request: Request,
+    engine: EngineDep,
+    _key: IngestKey,
+    events: Annotated[list[Any], Body(embed=True, description="up to 1,000 events")],
+):
+    if not events:
+        raise invalid("events", "must hold at least one event")
+    if len(events) > MAX_BATCH_EVENTS:
+        raise invalid("events", f"at most {MAX_BATCH_EVENTS} events per batch (got {len(events)})")
+    valid, rejected = validate_items(events, "events", EventIn.model_validate)
+    result = batch_response(engine, request.app.state.metrics, valid, rejected, "api")
+    if not valid:
+        # Nothing stored: the whole request failed, so it is a 422, with the same report.
+        raise ApiError(
+            422,
+            "validation_error",
+            "no event in the batch is valid",
+            [e.model_dump() for r in rejected for e in r.errors or []],
+        )
+    return JSONResponse(result.model_dump(mode="json"), status_code=202)
+
+
+@router.get("/v1/events", summary="Stored events, newest first")
+def list_events(
+    engine: EngineDep,
+    _key: PrivateKey,
+    profile_id: Annotated[str | None, Query()] = None,
+    metric: Annotated[str | None, Query(description="metric name")] = None,
+    limit: LimitQuery = 50,
+    cursor: CursorQuery = None,
+) -> Page[EventPublic]:
+    stmt = (
+        select(Event, Metric.name)
+        .join(Metric, Metric.id == Event.metric_id)
+        .order_by(Event.id.desc())
+        .limit(limit + 1)
+    )
+    if (before := decode_cursor(cursor)) is not None:
+        if not before.isdigit():
+            raise invalid("cursor", "not a cursor returned by this API")
+        stmt = stmt.where(Event.id < int(before))
+    if profile_id is not None:
+        stmt = stmt.where(Event.profile_id == profile_id)
+    if metric is not None:
+        stmt = stmt.where(Metric.name == metric)
+    with session_scope(engine) as session:
+        rows = list(session.execute(stmt))
+    page = rows[:limit]
+    return Page[EventPublic](
+        data=[EventPublic.model_validate({**e.model_dump(), "metric": name}) for e, name in page],
+        next_cursor=encode_cursor(page[-1][0].id) if len(rows) > limit else None,
+    )
+
+
+@router.get("/v1/metrics", summary="Known metrics: the built-in catalogue and custom ones")
+def list_metrics(engine: EngineDep, _key: PrivateKey) -> list[MetricPublic]:
+    with session_scope(engine) as session:
+        rows = session.scalars(select(Metric).order_by(Metric.builtin.desc(), Metric.name))
+        return [MetricPublic.model_validate(m.model_dump()) for m in rows]

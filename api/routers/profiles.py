@@ -1,0 +1,241 @@
+"""Profiles: create, upsert by identity, get, patch, delete, list; consent per channel."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+from sqlalchemy import delete as sql_delete
+from sqlalchemy import exists, select
+from sqlmodel import Session
+
+from api.deps import EngineDep, PrivateKey
+from api.errors import ApiError, invalid, not_found
+from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
+from herald.consent import MissingAddress, consent_map, set_consent
+from herald.db import session_scope
+from herald.identity import normalize_email, normalize_phone
+from herald.profiles import IDENTIFIERS, IdentityConflict, IdentityIndex, apply_attributes
+from models.enums import Channel
+from models.events import Metric, ProfileMetricStat
+from models.lists import ListMembership
+from models.profile import (
+    Consent,
+    ConsentChange,
+    ConsentPublic,
+    ConsentUpdate,
+    Profile,
+    ProfileCreate,
+    ProfilePublic,
+    ProfileUpdate,
+)
+from models.types import utcnow
+
+router = APIRouter(prefix="/v1/profiles", tags=["profiles"])
+
+
+def public(session: Session, profile: Profile) -> ProfilePublic:
+    return ProfilePublic.model_validate(
+        {**profile.model_dump(), "consent": consent_map(session, profile.id)}
+    )
+
+
+def load(session: Session, profile_id: str) -> Profile:
+    profile = session.get(Profile, profile_id)
+    if profile is None:
+        raise not_found("profile", profile_id)
+    return profile
+
+
+def _conflict(exc: IdentityConflict) -> ApiError:
+    return ApiError(409, "identity_conflict", str(exc), [{"field": exc.field, "reason": str(exc)}])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, summary="Create a profile")
+def create_profile(body: ProfileCreate, engine: EngineDep, _key: PrivateKey) -> ProfilePublic:
+    with session_scope(engine) as session:
+        index = IdentityIndex(session, [body])
+        existing = index.find(body)
+        if existing is not None:
+            raise ApiError(
+                409,
+                "profile_exists",
+                f"a profile with these identifiers already exists: {existing.id} "
+                "(use POST /v1/profiles/upsert to update it)",
+                [{"field": "identity", "reason": f"matches profile {existing.id}"}],
+            )
+        try:
+            profile, _ = index.resolve(body, body, strict=True)
+        except IdentityConflict as exc:
+            raise _conflict(exc) from None
+        session.flush()
+        return public(session, profile)
+
+
+@router.post("/upsert", summary="Create or update the profile these identifiers resolve to")
+def upsert_profile(
+    body: ProfileCreate, engine: EngineDep, response: Response, _key: PrivateKey
+) -> ProfilePublic:
+    with session_scope(engine) as session:
+        try:
+            profile, created = IdentityIndex(session, [body]).resolve(body, body, strict=True)
+        except IdentityConflict as exc:
+            raise _conflict(exc) from None
+        session.flush()
+        response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        return public(session, profile)
+
+
+@router.get("/{profile_id}", summary="Get a profile with its consent and metric totals")
+def get_profile(profile_id: str, engine: EngineDep, _key: PrivateKey) -> dict:
+    with session_scope(engine) as session:
+        profile = load(session, profile_id)
+        stats = session.execute(
+            select(Metric.name, ProfileMetricStat)
+            .join(Metric, Metric.id == ProfileMetricStat.metric_id)
+            .where(ProfileMetricStat.profile_id == profile_id)
+        )
+        metrics = {
+            name: {
+                "count": s.count,
+                "total_value": s.total_value,
+                "first_at": s.first_at,
+                "last_at": s.last_at,
+            }
+            for name, s in stats
+        }
+        return {**public(session, profile).model_dump(), "metrics": metrics}
+
+
+@router.patch("/{profile_id}", summary="Change some fields; a property set to null is removed")
+def patch_profile(
+    profile_id: str, body: ProfileUpdate, engine: EngineDep, _key: PrivateKey
+) -> ProfilePublic:
+    with session_scope(engine) as session:
+        profile = load(session, profile_id)
+        index = IdentityIndex(session, [body])
+        for name in IDENTIFIERS:
+            if name not in body.model_fields_set:
+                continue
+            value = getattr(body, name)
+            owner = index.owner(name, value) if value else None
+            if owner is not None and owner.id != profile.id:
+                raise _conflict(IdentityConflict(name, value, owner.id))
+            setattr(profile, name, value)
+        if not any(getattr(profile, n) for n in IDENTIFIERS):
+            raise invalid("identity", "a profile must keep at least one identifier")
+        apply_attributes(profile, body)
+        for name in ("first_name", "last_name", "timezone", "push_tokens"):
+            # apply_attributes skips None ("not sent"); here a field sent as null is cleared.
+            if name in body.model_fields_set and getattr(body, name) is None:
+                setattr(profile, name, [] if name == "push_tokens" else None)
+        profile.updated_at = utcnow()
+        session.add(profile)
+        session.flush()
+        return public(session, profile)
+
+
+@router.delete(
+    "/{profile_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a profile and everything about it (events, consent, memberships)",
+)
+def delete_profile(profile_id: str, engine: EngineDep, _key: PrivateKey) -> Response:
+    with session_scope(engine) as session:
+        load(session, profile_id)
+        session.execute(sql_delete(Profile).where(Profile.id == profile_id))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("", summary="List profiles, oldest first, with filters")
+def list_profiles(
+    engine: EngineDep,
+    _key: PrivateKey,
+    limit: LimitQuery = 50,
+    cursor: CursorQuery = None,
+    email: Annotated[str | None, Query()] = None,
+    phone: Annotated[str | None, Query()] = None,
+    external_id: Annotated[str | None, Query()] = None,
+    list_id: Annotated[str | None, Query(description="only members of this list")] = None,
+    subscribed: Annotated[Channel | None, Query(description="only consented to this")] = None,
+) -> Page[ProfilePublic]:
+    stmt = select(Profile).order_by(Profile.id).limit(limit + 1)
+    if (after := decode_cursor(cursor)) is not None:
+        stmt = stmt.where(Profile.id > after)
+    for name, value, normalize in (
+        ("email", email, normalize_email),
+        ("phone", phone, normalize_phone),
+    ):
+        if value is None:
+            continue
+        try:
+            stmt = stmt.where(getattr(Profile, name) == normalize(value))
+        except ValueError as exc:
+            raise invalid(name, str(exc)) from None
+    if external_id is not None:
+        stmt = stmt.where(Profile.external_id == external_id)
+    if list_id is not None:
+        stmt = stmt.where(
+            exists().where(
+                ListMembership.list_id == list_id, ListMembership.profile_id == Profile.id
+            )
+        )
+    if subscribed is not None:
+        stmt = stmt.where(
+            exists().where(
+                Consent.profile_id == Profile.id,
+                Consent.channel == subscribed.value,
+                Consent.status == "subscribed",
+            )
+        )
+    with session_scope(engine) as session:
+        rows = list(session.execute(stmt).scalars())
+        page = rows[:limit]
+        return Page[ProfilePublic](
+            data=[public(session, p) for p in page],
+            next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None,
+        )
+
+
+@router.get("/{profile_id}/consent", summary="Consent per channel and its history")
+def get_consent(profile_id: str, engine: EngineDep, _key: PrivateKey) -> dict:
+    with session_scope(engine) as session:
+        load(session, profile_id)
+        current = {
+            row.channel: row
+            for row in session.scalars(select(Consent).where(Consent.profile_id == profile_id))
+        }
+        channels = [
+            ConsentPublic(
+                channel=c,
+                status=current[c].status if c in current else "never_subscribed",
+                source=current[c].source if c in current else None,
+                updated_at=current[c].updated_at if c in current else None,
+            )
+            for c in Channel
+        ]
+        history = session.scalars(
+            select(ConsentChange)
+            .where(ConsentChange.profile_id == profile_id)
+            .order_by(ConsentChange.id)
+        )
+        return {
+            "channels": channels,
+            "history": [
+                {"channel": h.channel, "status": h.status, "source": h.source, "at": h.at}
+                for h in history
+            ],
+        }
+
+
+@router.put("/{profile_id}/consent/{channel}", summary="Subscribe or unsubscribe one channel")
+def put_consent(
+    profile_id: str, channel: Channel, body: ConsentUpdate, engine: EngineDep, _key: PrivateKey
+) -> ConsentPublic:
+    with session_scope(engine) as session:
+        profile = load(session, profile_id)
+        try:
+            row = set_consent(session, profile, channel, body.status, body.source)
+        except MissingAddress as exc:
+            raise invalid("status", str(exc)) from None
+        return ConsentPublic(
+            channel=channel, status=row.status, source=row.source, updated_at=row.updated_at
+        )

@@ -1,0 +1,1 @@
+"""Herald's domain core: configuration, identity rules, ingestion and routing contracts."""

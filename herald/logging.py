@@ -1,0 +1,49 @@
+"""structlog setup: JSON lines in production, a readable console renderer in development.
+
+Context (request id, workflow id, activity name) is bound through contextvars, so every log
+line emitted while handling a request or running an activity carries it.
+"""
+
+import logging
+import sys
+
+import structlog
+
+
+def configure_logging(level: str = "INFO", json_logs: bool = False) -> None:
+    shared = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+    ]
+    renderer = (
+        structlog.processors.JSONRenderer()
+        if json_logs
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info if json_logs else (lambda _l, _m, e: e),
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # uvicorn's access log duplicates our request log line.
+    logging.getLogger("uvicorn.access").disabled = True
+    # One line per outgoing HTTP call is noise (the demo and readiness checks make many).
+    logging.getLogger("httpx").setLevel(logging.WARNING)

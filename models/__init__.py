@@ -1,0 +1,25 @@
+"""SQLModel tables and the DTOs that cross API and workflow boundaries.
+
+Importing this package registers every table on SQLModel.metadata (Alembic reads it).
+"""
+
+from models.account import Account
+from models.api_key import ApiKey
+from models.events import Event, Metric, ProfileMetricStat
+from models.lists import ListMembership, ProfileList
+from models.profile import Consent, ConsentChange, Profile
+from models.routing import RoutingOutbox
+
+__all__ = [
+    "Account",
+    "ApiKey",
+    "Consent",
+    "ConsentChange",
+    "Event",
+    "ListMembership",
+    "Metric",
+    "Profile",
+    "ProfileList",
+    "ProfileMetricStat",
+    "RoutingOutbox",
+]

@@ -1,0 +1,87 @@
+"""Herald worker: runs every workflow and activity on the Herald task queue."""
+
+import asyncio
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+import structlog
+from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.worker import Worker
+
+from activities.metric_stats import MetricStatsHandler
+from activities.routing import RouterActivities
+from herald.config import Settings
+from herald.db import make_engine
+from herald.observability import LogContextInterceptor
+from herald.routing import RoutingHandler
+from herald.search_attributes import attributes
+from herald.temporal import connect
+from workflows.router import ROUTER_WORKFLOW_ID, EventRouterWorkflow, RouterState
+
+log = structlog.get_logger("herald.worker")
+
+
+def routing_handlers() -> list[RoutingHandler]:
+    """Every routing handler, in the order they see each batch."""
+    return [MetricStatsHandler()]
+
+
+def build_worker(
+    client: Client, settings: Settings, engine, handlers: list[RoutingHandler] | None = None
+) -> Worker:
+    router = RouterActivities(
+        engine,
+        handlers=routing_handlers() if handlers is None else handlers,
+        batch_size=settings.router_batch_size,
+        poll_seconds=settings.router_poll_seconds,
+    )
+    return Worker(
+        client,
+        task_queue=settings.task_queue,
+        workflows=[EventRouterWorkflow],
+        activities=[router.route_pending],
+        # Activities do blocking DB I/O, so they run in threads, not on the event loop.
+        activity_executor=ThreadPoolExecutor(max_workers=16),
+        interceptors=[LogContextInterceptor()],
+    )
+
+
+async def ensure_router(
+    client: Client,
+    settings: Settings,
+    workflow_id: str = ROUTER_WORKFLOW_ID,
+    state: RouterState | None = None,
+) -> None:
+    """Start the router once; every worker calls this and all but the first are no-ops."""
+    await client.start_workflow(
+        EventRouterWorkflow.run,
+        state or RouterState(),
+        id=workflow_id,
+        task_queue=settings.task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        search_attributes=attributes(kind="router"),
+    )
+
+
+async def run_worker(settings: Settings) -> None:
+    runtime = Runtime(
+        telemetry=TelemetryConfig(
+            metrics=PrometheusConfig(bind_address=f"0.0.0.0:{settings.worker_metrics_port}")
+        )
+    )
+    client = await connect(settings, runtime=runtime, attempts=30)
+    engine = make_engine(settings.resolved_database_url)
+    worker = build_worker(client, settings, engine)
+    await ensure_router(client, settings)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("worker started", task_queue=settings.task_queue, temporal=settings.temporal_address)
+    async with worker:
+        await stop.wait()
+        log.info("worker stopping")
+    engine.dispose()
