@@ -6,7 +6,7 @@ from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
 from api.errors import install_error_handlers
-from api.middleware import RequestContextMiddleware
+from api.middleware import GzipRequestMiddleware, RequestContextMiddleware
 from api.routers import account, events, health, lists, profiles, routing, tracking, webhooks
 from api.temporal_link import TemporalLink
 from herald.config import Settings, get_settings
@@ -39,7 +39,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.keys = KeyVerifier(engine, settings.api_key_cache_seconds)
     app.state.metrics = MetricDirectory()
     app.state.temporal = TemporalLink(settings)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(GzipRequestMiddleware)
+    app.add_middleware(RequestContextMiddleware)  # added last: runs first
     install_error_handlers(app)
     for module in (health, profiles, lists, events, tracking, webhooks, account, routing):
         app.include_router(module.router)

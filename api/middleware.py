@@ -3,8 +3,10 @@
 Pure ASGI (not BaseHTTPMiddleware) because it sits on the ingest hot path.
 """
 
+import json
 import time
 import uuid
+import zlib
 
 import structlog
 from prometheus_client import Counter, Histogram
@@ -81,14 +83,61 @@ _QUIET_ROUTES = {
 
 
 async def _reject_too_large(send: Send) -> None:
-    body = (
-        b'{"code":"payload_too_large","message":"request body exceeds 10 MiB",'
-        b'"errors":[{"field":"body","reason":"larger than 10 MiB"}]}'
-    )
+    await _reject(send, 413, "payload_too_large", "request body exceeds 10 MiB")
+
+
+class GzipRequestMiddleware:
+    """Accepts gzip-compressed request bodies (Segment SDKs send them with gzip=True)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        if headers.get(b"content-encoding", b"").lower() != b"gzip":
+            await self.app(scope, receive, send)
+            return
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            body = decompressor.decompress(b"".join(chunks), MAX_BODY_BYTES + 1)
+        except zlib.error:
+            await _reject(send, 400, "invalid_gzip", "the body is not valid gzip")
+            return
+        if len(body) > MAX_BODY_BYTES or decompressor.unconsumed_tail:
+            await _reject_too_large(send)
+            return
+        scope = dict(scope)
+        scope["headers"] = [
+            (k, v) for k, v in scope["headers"] if k not in (b"content-encoding", b"content-length")
+        ] + [(b"content-length", str(len(body)).encode())]
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+async def _reject(send: Send, status: int, code: str, message: str) -> None:
+    body = json.dumps(
+        {"code": code, "message": message, "errors": [{"field": "body", "reason": message}]}
+    ).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [(b"content-type", b"application/json")],
         }
     )

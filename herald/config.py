@@ -33,6 +33,8 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("HERALD_TEMPORAL_NAMESPACE", "TEMPORAL_NAMESPACE"),
     )
     task_queue: str = "herald"
+    # `herald dev` only: where the embedded Temporal dev server and its Web UI listen.
+    dev_temporal_port: int = 7233
     temporal_ui_port: int = 8233
 
     api_host: str = "127.0.0.1"

@@ -138,14 +138,15 @@ def run_dev(settings: Settings, demo: bool) -> None:
         embedded_temporal = not (
             os.environ.get("TEMPORAL_ADDRESS") or os.environ.get("HERALD_TEMPORAL_ADDRESS")
         )
-        host, _, port = settings.temporal_address.rpartition(":")
         if embedded_temporal:
-            if _port_open("127.0.0.1", int(port)):
+            port = settings.dev_temporal_port
+            if _port_open("127.0.0.1", port):
                 raise SystemExit(f"port {port} is taken: is another Temporal server running?")
             log.info("starting Temporal dev server", port=port, ui=settings.temporal_ui_port)
-            temporal = _spawn(temporal_command(settings, int(port)), env)
+            temporal = _spawn(temporal_command(settings, port), env)
             children.append(("temporal", temporal))
-            _wait_for("Temporal", lambda: _port_open("127.0.0.1", int(port)), 60, temporal)
+            _wait_for("Temporal", lambda: _port_open("127.0.0.1", port), 60, temporal)
+            settings = settings.model_copy(update={"temporal_address": f"127.0.0.1:{port}"})
         env["TEMPORAL_ADDRESS"] = settings.temporal_address
 
         engine = make_engine(settings.resolved_database_url)
