@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,7 +161,6 @@ class RunningApi:
 @pytest.fixture(scope="session")
 def running_api(database: Database, keys: Keys) -> Iterator[RunningApi]:
     """The real app under uvicorn on a free port: tests talk to it over real HTTP."""
-    port = free_port()
     settings = Settings(
         database_url=database.url,
         shopify_webhook_secret=SHOPIFY_SECRET,
@@ -168,17 +168,8 @@ def running_api(database: Database, keys: Keys) -> Iterator[RunningApi]:
         api_key_cache_seconds=0,
     )
     app = create_app(settings, engine=database.engine)
-    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("test API did not start")
-        time.sleep(0.02)
-    yield RunningApi(f"http://127.0.0.1:{port}", settings)
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve(app) as base_url:
+        yield RunningApi(base_url, settings)
 
 
 @pytest.fixture
@@ -225,3 +216,22 @@ async def temporal_server():
     )
     yield env
     await env.shutdown()
+
+
+@contextmanager
+def serve(app) -> Iterator[str]:
+    """Serve an app under uvicorn in a thread; yields its base URL."""
+    port = free_port()
+    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("test API did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
