@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import select
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -36,28 +37,32 @@ def dedup_key(event: EventIn, at: datetime) -> str:
 
 
 class MetricDirectory:
-    """Metric name -> id, created on first use. Metrics are never deleted, so ids can be cached."""
+    """Metric name -> id, created on first use. Metrics are never deleted, so ids can be cached.
+
+    New metrics are committed in their own short transaction, before the events that use them:
+    caching an id from a transaction that later rolls back would poison every later insert.
+    """
 
     def __init__(self) -> None:
         self._ids: dict[str, int] = {}
 
-    def ids_for(self, session: Session, names: set[str]) -> dict[str, int]:
+    def ids_for(self, engine: Engine, names: set[str]) -> dict[str, int]:
         missing = names - self._ids.keys()
         if missing:
-            session.execute(
-                insert_ignoring_conflicts(session, Metric.__table__),
-                [
-                    {"name": n, "builtin": is_builtin(n), "created_at": utcnow()}
-                    for n in sorted(missing)
-                ],
-            )
-            rows = session.execute(select(Metric.id, Metric.name).where(Metric.name.in_(missing)))
-            for metric_id, name in rows:
-                self._ids[name] = metric_id
+            with session_scope(engine) as session:
+                session.execute(
+                    insert_ignoring_conflicts(session, Metric.__table__),
+                    [
+                        {"name": n, "builtin": is_builtin(n), "created_at": utcnow()}
+                        for n in sorted(missing)
+                    ],
+                )
+                rows = session.execute(
+                    select(Metric.id, Metric.name).where(Metric.name.in_(missing))
+                )
+                found = dict((name, metric_id) for metric_id, name in rows)
+            self._ids.update(found)
         return {n: self._ids[n] for n in names}
-
-    def forget(self) -> None:
-        self._ids.clear()
 
 
 def ingest(engine, metrics: MetricDirectory, events: list[EventIn], source: str) -> list[Ingested]:
@@ -66,10 +71,11 @@ def ingest(engine, metrics: MetricDirectory, events: list[EventIn], source: str)
     Two concurrent requests may both try to create the same new profile on PostgreSQL; the loser
     gets a unique violation, and retrying sees the winner's profile.
     """
+    metric_ids = metrics.ids_for(engine, {e.metric for e in events})
     for attempt in range(3):
         try:
             with session_scope(engine) as session:
-                return _ingest(session, metrics, events, source)
+                return _ingest(session, metric_ids, events, source)
         except IntegrityError:
             if attempt == 2:
                 raise
@@ -77,14 +83,13 @@ def ingest(engine, metrics: MetricDirectory, events: list[EventIn], source: str)
 
 
 def _ingest(
-    session: Session, metrics: MetricDirectory, events: list[EventIn], source: str
+    session: Session, metric_ids: dict[str, int], events: list[EventIn], source: str
 ) -> list[Ingested]:
     now = utcnow()
     index = IdentityIndex(session, (e.profile for e in events))
     profiles = [index.resolve(e.profile, e.profile)[0] for e in events]
     session.flush()  # new profiles get their rows before events reference them
 
-    metric_ids = metrics.ids_for(session, {e.metric for e in events})
     rows = []
     for event, profile in zip(events, profiles, strict=True):
         at = event.time or now

@@ -150,3 +150,17 @@ def test_events_list_pages_newest_first(ingest, api):
     ids = [e["unique_id"] for e in first["data"] + second["data"]]
     assert ids == ["p4", "p3", "p2", "p1", "p0"]
     assert second["next_cursor"] is None
+
+
+def test_concurrent_first_events_of_one_new_person_make_one_profile(ingest, db):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def send(i: int) -> int:
+        body = {**ORDER, "profile": {"email": "new@x.co"}, "metric": f"Custom {i % 3}"}
+        return ingest.post("/v1/events", json={**body, "unique_id": f"c{i}"}).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(send, range(16)))
+    assert codes == [202] * 16
+    assert db.scalar("SELECT count(*) FROM profile") == 1
+    assert db.scalar("SELECT count(*) FROM event") == 16
