@@ -20,8 +20,12 @@ IDENTIFIERS = ("external_id", "email", "phone", "anonymous_id")
 class IdentityConflict(Exception):
     """An identifier in the request already belongs to another profile."""
 
-    def __init__(self, field: str, value: str, owner_id: str):
-        super().__init__(f"{field} {value!r} already belongs to profile {owner_id}")
+    def __init__(self, field: str, value: str, owner_id: str, replacing: str | None = None):
+        if replacing is None:
+            message = f"{field} {value!r} already belongs to profile {owner_id}"
+        else:
+            message = f"profile {owner_id} already has {field} {replacing!r}, not {value!r}"
+        super().__init__(message)
         self.field = field
         self.owner_id = owner_id
 
@@ -68,11 +72,22 @@ class IdentityIndex:
     ) -> tuple[Profile, bool]:
         """The profile for this identity (created if none), with missing identifiers filled in.
 
-        strict=True raises IdentityConflict when an identifier belongs to another profile (explicit
-        profile writes); otherwise such identifiers are left where they are (event ingest must
-        never fail because a shop and an SDK disagree about an address).
+        strict=True (explicit profile writes) raises IdentityConflict when an identifier belongs
+        to another profile, or when it would replace an identifier that outranks the one the
+        profile was found by (found by email, but carrying another external_id: another person).
+        Identifiers ranked below the match are updated (a person changes email). Otherwise
+        conflicting identifiers are left where they are: event ingest must never fail because a
+        shop and an SDK disagree about an address.
         """
         profile = self.find(identity)
+        matched_rank = next(
+            (
+                rank
+                for rank, name in enumerate(IDENTIFIERS)
+                if profile is not None and getattr(identity, name) == getattr(profile, name)
+            ),
+            len(IDENTIFIERS),
+        )
         created = profile is None
         if profile is None:
             profile = Profile(id=new_id("prf"))
@@ -87,6 +102,8 @@ class IdentityIndex:
                     raise IdentityConflict(name, value, owner.id)
                 continue
             current = getattr(profile, name)
+            if strict and current is not None and IDENTIFIERS.index(name) < matched_rank:
+                raise IdentityConflict(name, value, profile.id, replacing=current)
             if current is None or strict:
                 if current is not None:
                     self._by[name].pop(current, None)

@@ -9,7 +9,7 @@ from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, UniqueCon
 from sqlmodel import Column, Field, SQLModel
 
 from models.profile import ProfileAttributes, ProfileIdentity
-from models.types import JSONType, UTCDateTime, utcnow
+from models.types import JSONType, UTCDateTime, reject_nul, utcnow
 
 
 class Metric(SQLModel, table=True):
@@ -92,6 +92,8 @@ class EventIn(SQLModel):
     unique_id: str | None = Field(default=None, min_length=1, max_length=255)
     # Backfill: store (stats and segments still see it) but fire no trigger.
     backfill: bool = False
+
+    _no_nul = model_validator(mode="before")(classmethod(reject_nul))
 
     @field_validator("metric")
     @classmethod

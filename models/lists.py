@@ -2,10 +2,11 @@
 
 from datetime import datetime
 
+from pydantic import model_validator
 from sqlalchemy import ForeignKey, String
 from sqlmodel import Column, Field, SQLModel
 
-from models.types import UTCDateTime, utcnow
+from models.types import UTCDateTime, reject_nul, utcnow
 
 
 class ProfileList(SQLModel, table=True):
@@ -43,10 +44,14 @@ class ListCreate(SQLModel):
     name: str = Field(min_length=1, max_length=200)
     description: str = Field(default="", max_length=2000)
 
+    _no_nul = model_validator(mode="before")(classmethod(reject_nul))
+
 
 class ListUpdate(SQLModel):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     description: str | None = Field(default=None, max_length=2000)
+
+    _no_nul = model_validator(mode="before")(classmethod(reject_nul))
 
 
 class ListPublic(SQLModel):

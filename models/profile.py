@@ -9,7 +9,7 @@ from sqlmodel import Column, Field, SQLModel
 
 from herald.identity import normalize_email, normalize_phone, normalize_timezone
 from models.enums import Channel, ConsentStatus
-from models.types import JSONType, UTCDateTime, utcnow
+from models.types import JSONType, UTCDateTime, reject_nul, utcnow
 
 
 class Profile(SQLModel, table=True):
@@ -72,6 +72,8 @@ class ProfileIdentity(SQLModel):
     phone: str | None = Field(default=None, max_length=40)
     anonymous_id: str | None = Field(default=None, min_length=1, max_length=255)
 
+    _no_nul = model_validator(mode="before")(classmethod(reject_nul))
+
     @field_validator("email")
     @classmethod
     def _email(cls, v: str | None) -> str | None:
@@ -92,6 +94,8 @@ class ProfileAttributes(SQLModel):
     timezone: str | None = Field(default=None, max_length=64)
     push_tokens: list[str] | None = Field(default=None, max_length=20)
     properties: dict[str, Any] | None = None
+
+    _no_nul = model_validator(mode="before")(classmethod(reject_nul))
 
     @field_validator("timezone")
     @classmethod

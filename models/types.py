@@ -31,3 +31,22 @@ class UTCDateTime(TypeDecorator):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def reject_nul(cls, data):
+    """Before-validator: PostgreSQL cannot store NUL in text or JSON, so refuse it up front."""
+
+    def walk(value, path: str) -> None:
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise ValueError(f"{path or 'text'} contains a NUL character (\\u0000)")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(key, path)
+                walk(item, f"{path}.{key}" if path else str(key))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                walk(item, f"{path}[{i}]")
+
+    walk(data, "")
+    return data

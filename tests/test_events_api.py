@@ -164,3 +164,13 @@ def test_concurrent_first_events_of_one_new_person_make_one_profile(ingest, db):
     assert codes == [202] * 16
     assert db.scalar("SELECT count(*) FROM profile") == 1
     assert db.scalar("SELECT count(*) FROM event") == 16
+
+
+def test_nul_characters_are_refused_not_a_500(ingest, api, db):
+    event = {**ORDER, "properties": {"note": "a\u0000b"}}
+    response = ingest.post("/v1/events", json=event)
+    assert response.status_code == 422
+    assert "NUL" in response.json()["errors"][0]["reason"]
+    named = api.post("/v1/profiles", json={"email": "n@x.co", "first_name": "x\u0000"})
+    assert named.status_code == 422
+    assert db.scalar("SELECT count(*) FROM event") + db.scalar("SELECT count(*) FROM profile") == 0

@@ -1,8 +1,9 @@
 """Profiles through the management API: identity, partial updates, deletes, listing, consent."""
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
-import pytest
+from sqlmodel import select
 
 from herald.db import session_scope
 from models.events import Metric, ProfileMetricStat
@@ -27,6 +28,12 @@ def create(api, **body) -> dict:
 
 def fields(response) -> list[str]:
     return [e["field"] for e in response.json()["errors"]]
+
+
+def concurrently(call, times: int = 8) -> list[int]:
+    """Status codes of `times` simultaneous calls of call(i)."""
+    with ThreadPoolExecutor(times) as pool:
+        return sorted(pool.map(lambda i: call(i).status_code, range(times)))
 
 
 def snapshot(db) -> list:
@@ -65,47 +72,45 @@ def test_create_with_only_an_anonymous_id(api, db):
     assert db.scalar("SELECT count(*) FROM profile") == 1
 
 
-@pytest.mark.parametrize(
-    "duplicate",
-    [
+def test_create_with_an_existing_identity_is_409_profile_exists(api, db):
+    ada = create(api, **ADA)
+    for duplicate in (
         {"email": "ADA@example.COM"},
         {"phone": "+31612345678"},
         {"external_id": "cust-1"},
         {"email": "someone-else@example.com", "external_id": "cust-1"},
-    ],
-)
-def test_create_with_an_existing_identity_is_409_profile_exists(api, db, duplicate):
-    ada = create(api, **ADA)
-    response = api.post("/v1/profiles", json=duplicate)
-    assert response.status_code == 409
-    body = response.json()
-    assert body["code"] == "profile_exists"
-    assert ada["id"] in body["message"]
-    assert fields(response) == ["identity"]
+    ):
+        response = api.post("/v1/profiles", json=duplicate)
+        assert response.status_code == 409, duplicate
+        body = response.json()
+        assert body["code"] == "profile_exists"
+        assert ada["id"] in body["message"]
+        assert fields(response) == ["identity"]
     assert db.scalar("SELECT count(*) FROM profile") == 1
     assert db.scalar("SELECT email FROM profile") == "ada@example.com"
 
 
-@pytest.mark.parametrize(
-    ("body", "field"),
-    [
-        ({}, "body"),
-        ({"first_name": "Ada"}, "body"),
-        ({"email": "ada@"}, "email"),
-        ({"email": "ada@example.com", "phone": "0612345678"}, "phone"),
-        ({"email": "ada@example.com", "timezone": "Mars/Base"}, "timezone"),
-        ({"email": "ada@example.com", "timezone": "Europe"}, "timezone"),
-        ({"email": "ada@example.com", "properties": ["not", "an", "object"]}, "properties"),
-        ({"email": "ada@example.com", "push_tokens": "tok"}, "push_tokens"),
-        ({"external_id": ""}, "external_id"),
-        ({"email": "ada@example.com", "first_name": "x" * 256}, "first_name"),
-    ],
-)
-def test_create_with_bad_input_names_the_field_and_stores_nothing(api, db, body, field):
-    response = api.post("/v1/profiles", json=body)
-    assert response.status_code == 422, response.text
-    assert response.json()["code"] == "validation_error"
-    assert field in fields(response), response.json()
+BAD_PROFILES = [
+    ({}, "body"),
+    ({"first_name": "Ada"}, "body"),
+    ({"email": "ada@"}, "email"),
+    ({"email": "ada@example.com", "phone": "0612345678"}, "phone"),
+    ({"email": "ada@example.com", "timezone": "Mars/Base"}, "timezone"),
+    ({"email": "ada@example.com", "timezone": "Europe"}, "timezone"),
+    ({"email": "ada@example.com", "properties": ["not", "an", "object"]}, "properties"),
+    ({"email": "ada@example.com", "push_tokens": "tok"}, "push_tokens"),
+    ({"external_id": ""}, "external_id"),
+    ({"email": "ada@example.com", "first_name": "x" * 256}, "first_name"),
+]
+
+
+def test_create_with_bad_input_names_the_field_and_stores_nothing(api, db):
+    for body, field in BAD_PROFILES:
+        for path in ("/v1/profiles", "/v1/profiles/upsert"):
+            response = api.post(path, json=body)
+            assert response.status_code == 422, (path, body, response.text)
+            assert response.json()["code"] == "validation_error"
+            assert field in fields(response), (body, response.json())
     assert db.scalar("SELECT count(*) FROM profile") == 0
 
 
@@ -125,6 +130,28 @@ def test_upsert_creates_with_201_then_updates_with_200(api, db):
     assert second.json()["last_name"] == "Lovelace"
     assert second.json()["properties"] == {"vip": True}
     assert db.scalar("SELECT count(*) FROM profile") == 1
+
+
+def test_concurrent_upserts_of_one_new_identity_make_one_profile(api, db):
+    for attempt in range(3):
+        email = f"race{attempt}@example.com"
+        codes = concurrently(
+            lambda i, email=email: api.post(
+                "/v1/profiles/upsert", json={"email": email, "properties": {f"k{i}": i}}
+            )
+        )
+        assert codes == [200] * 7 + [201], codes
+    assert db.scalar("SELECT count(*) FROM profile") == 3
+
+
+def test_concurrent_creates_of_one_identity_give_one_201_and_409s(api, db):
+    for attempt in range(3):
+        email = f"race{attempt}@example.com"
+        codes = concurrently(
+            lambda _i, email=email: api.post("/v1/profiles", json={"email": email})
+        )
+        assert codes == [201] + [409] * 7, codes
+    assert db.scalar("SELECT count(*) FROM profile") == 3
 
 
 def test_upsert_resolves_by_external_id_before_email_before_phone(api, db):
@@ -150,6 +177,16 @@ def test_upsert_resolves_by_external_id_before_email_before_phone(api, db):
     )
     assert (response.status_code, response.json()["id"]) == (200, by_phone["id"])
     assert response.json()["anonymous_id"] == "anon-1"
+
+    # When identifiers name different profiles, the higher one resolves and the lower conflicts.
+    for body, field in (
+        ({"external_id": "cust-1", "email": "grace@example.com"}, "email"),
+        ({"phone": "+31612345678", "email": "grace@example.com"}, "phone"),
+        ({"anonymous_id": "anon-1", "phone": "+31687654321"}, "anonymous_id"),
+    ):
+        response = api.post("/v1/profiles/upsert", json=body)
+        assert response.status_code == 409, body
+        assert response.json()["errors"][0]["field"] == field, body
     assert db.scalar("SELECT count(*) FROM profile") == 3
 
 
@@ -203,7 +240,7 @@ def test_get_includes_consent_and_metric_totals(api, db):
     api.put(f"/v1/profiles/{ada['id']}/consent/email", json={"status": "subscribed"})
     first, last = datetime(2026, 1, 2, tzinfo=UTC), datetime(2026, 3, 4, tzinfo=UTC)
     with session_scope(db.engine) as session:
-        metric = session.query(Metric).filter(Metric.name == "Placed Order").one()
+        metric = session.exec(select(Metric).where(Metric.name == "Placed Order")).one()
         session.add(
             ProfileMetricStat(
                 profile_id=ada["id"],
@@ -288,16 +325,7 @@ def test_patch_normalises_and_changes_identifiers(api, db):
     assert again.status_code == 200
 
 
-@pytest.mark.parametrize(
-    ("change", "field"),
-    [
-        ({"email": "GRACE@example.com"}, "email"),
-        ({"phone": "+31 6 8765 4321"}, "phone"),
-        ({"external_id": "cust-2"}, "external_id"),
-        ({"anonymous_id": "anon-2"}, "anonymous_id"),
-    ],
-)
-def test_patch_to_another_profiles_identifier_is_409_and_changes_nothing(api, db, change, field):
+def test_patch_to_another_profiles_identifier_is_409_and_changes_nothing(api, db):
     ada = create(api, **ADA)
     grace = create(
         api,
@@ -307,12 +335,18 @@ def test_patch_to_another_profiles_identifier_is_409_and_changes_nothing(api, db
         anonymous_id="anon-2",
     )
     before = snapshot(db)
-    response = api.patch(f"/v1/profiles/{ada['id']}", json={**change, "first_name": "Changed"})
-    assert response.status_code == 409
-    body = response.json()
-    assert body["code"] == "identity_conflict"
-    assert body["errors"][0]["field"] == field
-    assert grace["id"] in body["errors"][0]["reason"]
+    for change, field in (
+        ({"email": "GRACE@example.com"}, "email"),
+        ({"phone": "+31 6 8765 4321"}, "phone"),
+        ({"external_id": "cust-2"}, "external_id"),
+        ({"anonymous_id": "anon-2"}, "anonymous_id"),
+    ):
+        response = api.patch(f"/v1/profiles/{ada['id']}", json={**change, "first_name": "X"})
+        assert response.status_code == 409, change
+        body = response.json()
+        assert body["code"] == "identity_conflict"
+        assert body["errors"][0]["field"] == field
+        assert grace["id"] in body["errors"][0]["reason"]
     assert snapshot(db) == before
 
 
@@ -325,22 +359,20 @@ def test_patch_removing_the_last_identifier_is_422_and_changes_nothing(api, db):
     assert snapshot(db) == before
 
 
-@pytest.mark.parametrize(
-    ("change", "field"),
-    [
+def test_patch_with_bad_input_names_the_field_and_changes_nothing(api, db):
+    ada = create(api, **ADA)
+    before = snapshot(db)
+    for change, field in (
         ({"email": "not-an-email"}, "email"),
         ({"phone": "12345"}, "phone"),
         ({"timezone": "Mars/Base"}, "timezone"),
         ({"external_id": ""}, "external_id"),
         ({"properties": "gold"}, "properties"),
-    ],
-)
-def test_patch_with_bad_input_names_the_field_and_changes_nothing(api, db, change, field):
-    ada = create(api, **ADA)
-    before = snapshot(db)
-    response = api.patch(f"/v1/profiles/{ada['id']}", json=change)
-    assert response.status_code == 422
-    assert field in fields(response)
+        ({"push_tokens": [f"t{i}" for i in range(21)]}, "push_tokens"),
+    ):
+        response = api.patch(f"/v1/profiles/{ada['id']}", json={**change, "last_name": "X"})
+        assert response.status_code == 422, change
+        assert field in fields(response), (change, response.json())
     assert snapshot(db) == before
 
 
@@ -425,21 +457,18 @@ def test_list_filters_by_list_and_by_subscribed_channel(api, db):
     assert ids(list_id="lst_unknown") == []
 
 
-@pytest.mark.parametrize(
-    ("params", "field"),
-    [
+def test_list_with_a_bad_filter_is_422_naming_it(api, db):
+    for params, field in (
         ({"email": "not-an-email"}, "email"),
         ({"phone": "12345"}, "phone"),
         ({"email": "ada@example.com", "phone": "12345"}, "phone"),
         ({"subscribed": "fax"}, "subscribed"),
         ({"limit": 0}, "limit"),
         ({"limit": 501}, "limit"),
-    ],
-)
-def test_list_with_a_bad_filter_is_422_naming_it(api, db, params, field):
-    response = api.get("/v1/profiles", params=params)
-    assert response.status_code == 422
-    assert any(f.endswith(field) for f in fields(response)), response.json()
+    ):
+        response = api.get("/v1/profiles", params=params)
+        assert response.status_code == 422, params
+        assert [f.rpartition(".")[2] for f in fields(response)] == [field], response.json()
 
 
 # ---- consent -----------------------------------------------------------------------------------
@@ -475,22 +504,34 @@ def test_subscribe_and_unsubscribe_are_recorded_with_history(api, db):
     assert db.scalar("SELECT count(*) FROM consent") == 2
 
 
-@pytest.mark.parametrize(
-    ("channel", "profile"),
-    [
-        ("sms", {"email": "ada@example.com"}),
-        ("whatsapp", {"email": "ada@example.com"}),
-        ("email", {"phone": "+31612345678"}),
-        ("push", {"email": "ada@example.com"}),
-    ],
-)
-def test_subscribing_a_channel_without_its_address_is_422_on_status(api, db, channel, profile):
-    ada = create(api, **profile)
-    response = api.put(f"/v1/profiles/{ada['id']}/consent/{channel}", json={"status": "subscribed"})
-    assert response.status_code == 422
-    assert fields(response) == ["status"]
+def test_subscribing_a_channel_without_its_address_is_422_on_status(api, db):
+    with_email = create(api, email="ada@example.com")
+    with_phone = create(api, phone="+31612345678")
+    for channel, profile, need in (
+        ("sms", with_email, "phone number"),
+        ("whatsapp", with_email, "phone number"),
+        ("push", with_email, "push token"),
+        ("email", with_phone, "email address"),
+    ):
+        url = f"/v1/profiles/{profile['id']}/consent/{channel}"
+        response = api.put(url, json={"status": "subscribed"})
+        assert response.status_code == 422, channel
+        [error] = response.json()["errors"]
+        assert error["field"] == "status" and need in error["reason"], error
     assert db.scalar("SELECT count(*) FROM consent") == 0
     assert db.scalar("SELECT count(*) FROM consent_change") == 0
+
+
+def test_concurrent_first_consent_changes_all_succeed(api, db):
+    statuses = ("subscribed", "unsubscribed")
+    for attempt in range(3):
+        ada = create(api, email=f"ada{attempt}@example.com")
+        url = f"/v1/profiles/{ada['id']}/consent/email"
+        codes = concurrently(lambda i, url=url: api.put(url, json={"status": statuses[i % 2]}))
+        assert codes == [200] * 8, codes
+        history = api.get(f"/v1/profiles/{ada['id']}/consent").json()["history"]
+        assert len(history) == 8
+    assert db.scalar("SELECT count(*) FROM consent") == 3
 
 
 def test_unsubscribing_needs_no_address(api, db):
@@ -508,21 +549,18 @@ def test_push_can_be_subscribed_once_the_profile_has_a_token(api, db):
     assert api.put(url, json={"status": "subscribed"}).status_code == 200
 
 
-@pytest.mark.parametrize(
-    ("channel", "body", "field"),
-    [
+def test_bad_consent_change_is_422_and_stores_nothing(api, db):
+    ada = create(api, **ADA)
+    for channel, body, field in (
         ("fax", {"status": "subscribed"}, "channel"),
         ("email", {"status": "never_subscribed"}, "status"),
         ("email", {"status": "maybe"}, "status"),
         ("email", {}, "status"),
         ("email", {"status": "subscribed", "source": ""}, "source"),
-    ],
-)
-def test_bad_consent_change_is_422_and_stores_nothing(api, db, channel, body, field):
-    ada = create(api, **ADA)
-    response = api.put(f"/v1/profiles/{ada['id']}/consent/{channel}", json=body)
-    assert response.status_code == 422
-    assert any(f.endswith(field) for f in fields(response)), response.json()
+    ):
+        response = api.put(f"/v1/profiles/{ada['id']}/consent/{channel}", json=body)
+        assert response.status_code == 422, (channel, body)
+        assert [f.rpartition(".")[2] for f in fields(response)] == [field], response.json()
     assert db.scalar("SELECT count(*) FROM consent") == 0
     assert db.scalar("SELECT count(*) FROM consent_change") == 0
 
@@ -532,3 +570,14 @@ def test_consent_of_unknown_profile_is_404(api, db):
     response = api.put("/v1/profiles/prf_nope/consent/email", json={"status": "unsubscribed"})
     assert response.status_code == 404
     assert db.scalar("SELECT count(*) FROM consent") == 0
+
+
+def test_upsert_refuses_to_replace_an_external_id_it_did_not_match_on(api, db):
+    first = api.post("/v1/profiles", json={"external_id": "u-1", "email": "a@x.co"}).json()
+    response = api.post("/v1/profiles/upsert", json={"external_id": "u-2", "email": "a@x.co"})
+    assert response.status_code == 409
+    assert response.json()["errors"][0]["field"] == "external_id"
+    assert db.scalar("SELECT external_id FROM profile WHERE id = :id", id=first["id"]) == "u-1"
+    # Matched on external_id, a new email is the same person changing address.
+    moved = api.post("/v1/profiles/upsert", json={"external_id": "u-1", "email": "b@x.co"})
+    assert moved.status_code == 200 and moved.json()["email"] == "b@x.co"

@@ -1,10 +1,13 @@
 """Profiles: create, upsert by identity, get, patch, delete, list; consent per channel."""
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Query, Response, status
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import exists, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from api.deps import EngineDep, PrivateKey
@@ -31,6 +34,8 @@ from models.types import utcnow
 
 router = APIRouter(prefix="/v1/profiles", tags=["profiles"])
 
+T = TypeVar("T")
+
 
 def public(session: Session, profile: Profile) -> ProfilePublic:
     return ProfilePublic.model_validate(
@@ -49,39 +54,59 @@ def _conflict(exc: IdentityConflict) -> ApiError:
     return ApiError(409, "identity_conflict", str(exc), [{"field": exc.field, "reason": str(exc)}])
 
 
+def _retrying(engine: Engine, write: Callable[[Session], T]) -> T:
+    """Runs a write in its own transaction, retried when a concurrent request inserted the same
+    identifier (or consent row) first: PostgreSQL reports a unique violation, and the retry sees
+    the winner's row (so the caller gets a 200 or a 409, not a 500)."""
+    for attempt in range(3):
+        try:
+            with session_scope(engine) as session:
+                return write(session)
+        except IntegrityError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Create a profile")
 def create_profile(body: ProfileCreate, engine: EngineDep, _key: PrivateKey) -> ProfilePublic:
-    with session_scope(engine) as session:
-        index = IdentityIndex(session, [body])
-        existing = index.find(body)
-        if existing is not None:
-            raise ApiError(
-                409,
-                "profile_exists",
-                f"a profile with these identifiers already exists: {existing.id} "
-                "(use POST /v1/profiles/upsert to update it)",
-                [{"field": "identity", "reason": f"matches profile {existing.id}"}],
-            )
-        try:
-            profile, _ = index.resolve(body, body, strict=True)
-        except IdentityConflict as exc:
-            raise _conflict(exc) from None
-        session.flush()
-        return public(session, profile)
+    return _retrying(engine, lambda session: _create(session, body))
+
+
+def _create(session: Session, body: ProfileCreate) -> ProfilePublic:
+    index = IdentityIndex(session, [body])
+    existing = index.find(body)
+    if existing is not None:
+        raise ApiError(
+            409,
+            "profile_exists",
+            f"a profile with these identifiers already exists: {existing.id} "
+            "(use POST /v1/profiles/upsert to update it)",
+            [{"field": "identity", "reason": f"matches profile {existing.id}"}],
+        )
+    try:
+        profile, _ = index.resolve(body, body, strict=True)
+    except IdentityConflict as exc:
+        raise _conflict(exc) from None
+    session.flush()
+    return public(session, profile)
 
 
 @router.post("/upsert", summary="Create or update the profile these identifiers resolve to")
 def upsert_profile(
     body: ProfileCreate, engine: EngineDep, response: Response, _key: PrivateKey
 ) -> ProfilePublic:
-    with session_scope(engine) as session:
-        try:
-            profile, created = IdentityIndex(session, [body]).resolve(body, body, strict=True)
-        except IdentityConflict as exc:
-            raise _conflict(exc) from None
-        session.flush()
-        response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
-        return public(session, profile)
+    return _retrying(engine, lambda session: _upsert(session, body, response))
+
+
+def _upsert(session: Session, body: ProfileCreate, response: Response) -> ProfilePublic:
+    try:
+        profile, created = IdentityIndex(session, [body]).resolve(body, body, strict=True)
+    except IdentityConflict as exc:
+        raise _conflict(exc) from None
+    session.flush()
+    response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+    return public(session, profile)
 
 
 @router.get("/{profile_id}", summary="Get a profile with its consent and metric totals")
@@ -109,28 +134,31 @@ def get_profile(profile_id: str, engine: EngineDep, _key: PrivateKey) -> dict:
 def patch_profile(
     profile_id: str, body: ProfileUpdate, engine: EngineDep, _key: PrivateKey
 ) -> ProfilePublic:
-    with session_scope(engine) as session:
-        profile = load(session, profile_id)
-        index = IdentityIndex(session, [body])
-        for name in IDENTIFIERS:
-            if name not in body.model_fields_set:
-                continue
-            value = getattr(body, name)
-            owner = index.owner(name, value) if value else None
-            if owner is not None and owner.id != profile.id:
-                raise _conflict(IdentityConflict(name, value, owner.id))
-            setattr(profile, name, value)
-        if not any(getattr(profile, n) for n in IDENTIFIERS):
-            raise invalid("identity", "a profile must keep at least one identifier")
-        apply_attributes(profile, body)
-        for name in ("first_name", "last_name", "timezone", "push_tokens"):
-            # apply_attributes skips None ("not sent"); here a field sent as null is cleared.
-            if name in body.model_fields_set and getattr(body, name) is None:
-                setattr(profile, name, [] if name == "push_tokens" else None)
-        profile.updated_at = utcnow()
-        session.add(profile)
-        session.flush()
-        return public(session, profile)
+    return _retrying(engine, lambda session: _patch(session, profile_id, body))
+
+
+def _patch(session: Session, profile_id: str, body: ProfileUpdate) -> ProfilePublic:
+    profile = load(session, profile_id)
+    index = IdentityIndex(session, [body])
+    for name in IDENTIFIERS:
+        if name not in body.model_fields_set:
+            continue
+        value = getattr(body, name)
+        owner = index.owner(name, value) if value else None
+        if owner is not None and owner.id != profile.id:
+            raise _conflict(IdentityConflict(name, value, owner.id))
+        setattr(profile, name, value)
+    if not any(getattr(profile, n) for n in IDENTIFIERS):
+        raise invalid("identity", "a profile must keep at least one identifier")
+    apply_attributes(profile, body)
+    for name in ("first_name", "last_name", "timezone", "push_tokens"):
+        # apply_attributes skips None ("not sent"); here a field sent as null is cleared.
+        if name in body.model_fields_set and getattr(body, name) is None:
+            setattr(profile, name, [] if name == "push_tokens" else None)
+    profile.updated_at = utcnow()
+    session.add(profile)
+    session.flush()
+    return public(session, profile)
 
 
 @router.delete(
@@ -230,12 +258,17 @@ def get_consent(profile_id: str, engine: EngineDep, _key: PrivateKey) -> dict:
 def put_consent(
     profile_id: str, channel: Channel, body: ConsentUpdate, engine: EngineDep, _key: PrivateKey
 ) -> ConsentPublic:
-    with session_scope(engine) as session:
-        profile = load(session, profile_id)
-        try:
-            row = set_consent(session, profile, channel, body.status, body.source)
-        except MissingAddress as exc:
-            raise invalid("status", str(exc)) from None
-        return ConsentPublic(
-            channel=channel, status=row.status, source=row.source, updated_at=row.updated_at
-        )
+    return _retrying(engine, lambda session: _put_consent(session, profile_id, channel, body))
+
+
+def _put_consent(
+    session: Session, profile_id: str, channel: Channel, body: ConsentUpdate
+) -> ConsentPublic:
+    profile = load(session, profile_id)
+    try:
+        row = set_consent(session, profile, channel, body.status, body.source)
+    except MissingAddress as exc:
+        raise invalid("status", str(exc)) from None
+    return ConsentPublic(
+        channel=channel, status=row.status, source=row.source, updated_at=row.updated_at
+    )
