@@ -1,0 +1,87 @@
+"""docker-compose.yml (production topology) agrees with Settings and the Herald CLI.
+
+Docker is not available here, so the file is parsed and checked, not run.
+"""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from herald.config import SEARCH_ATTRIBUTES, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+HERALD = ("herald-migrate", "herald-api", "herald-worker")
+
+
+def test_production_topology_has_every_service():
+    assert set(SERVICES) == {
+        "postgres",
+        "temporal",
+        "temporal-setup",
+        "temporal-ui",
+        *HERALD,
+    }
+
+
+def test_images_are_pinned():
+    for name, service in SERVICES.items():
+        image = service.get("image", "")
+        assert image and ":" in image and not image.endswith(":latest"), name
+
+
+@pytest.mark.parametrize("name", HERALD)
+def test_herald_env_names_real_settings_and_builds_valid_settings(name, monkeypatch):
+    env = SERVICES[name]["environment"]
+    aliases = {"TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE"}
+    for key in env:
+        if key in aliases:
+            continue
+        assert key.startswith("HERALD_"), key
+        assert key.removeprefix("HERALD_").lower() in Settings.model_fields, key
+    for key, value in env.items():
+        # ${VAR:-default} interpolation: take the default, as compose would with VAR unset.
+        monkeypatch.setenv(key, re.sub(r"\$\{[^:}]+:-([^}]*)\}", r"\1", str(value)))
+    settings = Settings()
+    assert settings.database_url.startswith("postgresql+psycopg://")
+    assert "@postgres:5432/" in settings.database_url
+    host, port = settings.temporal_address.split(":")
+    assert host == "temporal" and f"{port}:{port}" in SERVICES["temporal"]["ports"]
+    assert settings.api_host == "0.0.0.0"
+
+
+def test_herald_commands_use_the_cli_and_wait_for_migrations():
+    assert SERVICES["herald-migrate"]["command"] == ["herald", "migrate"]
+    assert SERVICES["herald-api"]["command"][:2] == ["herald", "api"]
+    assert SERVICES["herald-worker"]["command"] == ["herald", "worker"]
+    for name in ("herald-api", "herald-worker"):
+        depends = SERVICES[name]["depends_on"]
+        assert depends["herald-migrate"]["condition"] == "service_completed_successfully"
+        assert depends["temporal-setup"]["condition"] == "service_completed_successfully"
+
+
+def test_api_port_and_health_check_match_settings():
+    port = Settings.model_fields["api_port"].default
+    assert f"{port}:{port}" in SERVICES["herald-api"]["ports"]
+    assert f"127.0.0.1:{port}/readyz" in " ".join(SERVICES["herald-api"]["healthcheck"]["test"])
+
+
+def test_setup_registers_exactly_herald_search_attributes():
+    script = " ".join(SERVICES["temporal-setup"]["command"])
+    names = re.search(r"for name in ([\w ]+); do", script).group(1).split()
+    assert tuple(names) == SEARCH_ATTRIBUTES
+    assert "--type Keyword" in script
+
+
+def test_temporal_ui_points_at_the_server():
+    assert SERVICES["temporal-ui"]["environment"]["TEMPORAL_ADDRESS"] == "temporal:7233"
+
+
+def test_dockerfile_runs_the_herald_cli():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r'^CMD \["herald", "api"\]$', dockerfile, re.M)
+    assert "pip install ." in dockerfile
+    assert re.search(r"^USER ", dockerfile, re.M)  # not root
