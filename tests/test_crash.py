@@ -6,6 +6,7 @@ import subprocess
 import time
 import uuid
 
+import httpx
 import pytest
 
 from herald.devstack import find_binary
@@ -18,13 +19,13 @@ EVENTS = 20_000
 PROFILES = 2_000
 
 
-def start_worker(db, temporal_server, task_queue: str) -> subprocess.Popen:
+def start_worker(db, temporal_server, task_queue: str, metrics_port: int) -> subprocess.Popen:
     env = {
         **os.environ,
         **db.env(),
         "TEMPORAL_ADDRESS": temporal_server.client.service_client.config.target_host,
         "HERALD_TASK_QUEUE": task_queue,
-        "HERALD_WORKER_METRICS_PORT": str(free_port()),
+        "HERALD_WORKER_METRICS_PORT": str(metrics_port),
         "HERALD_ROUTER_BATCH_SIZE": "100",
         "HERALD_ROUTER_POLL_SECONDS": "0.5",
         "HERALD_LOG_LEVEL": "WARNING",
@@ -64,15 +65,20 @@ async def test_killed_worker_loses_and_duplicates_nothing(temporal_server, db):
             "test",
         )
     task_queue = f"crash-{uuid.uuid4()}"
-    worker = start_worker(db, temporal_server, task_queue)
+    metrics_port = free_port()
+    worker = start_worker(db, temporal_server, task_queue, metrics_port)
     try:
         wait_for(lambda: pending(db) <= EVENTS - 2_000, 60, "routing to start")
+        # The worker exports the Temporal SDK's metrics for Prometheus.
+        async with httpx.AsyncClient() as client:
+            sdk_metrics = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+        assert "temporal_activity_execution_latency" in sdk_metrics
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)
         left = pending(db)
         assert 0 < left < EVENTS, "the kill must land while routing is under way"
 
-        worker = start_worker(db, temporal_server, task_queue)
+        worker = start_worker(db, temporal_server, task_queue, free_port())
         wait_for(lambda: pending(db) == 0, 90, "the restarted worker to drain the outbox")
     finally:
         worker.send_signal(signal.SIGTERM)
