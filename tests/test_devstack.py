@@ -33,7 +33,8 @@ def run_until(proc: subprocess.Popen, marker: str, within: float) -> str:
 
 def stop(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=60)
+    # Keep reading: the children share the pipe, and a full pipe would block their shutdown.
+    proc.communicate(timeout=90)
 
 
 def test_dev_stack_runs_the_demo_and_keeps_data_across_restarts(tmp_path):
