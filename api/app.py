@@ -11,6 +11,7 @@ from api.routers import account, events, health, lists, profiles, routing, track
 from api.temporal_link import TemporalLink
 from herald.config import Settings, get_settings
 from herald.db import make_engine
+from herald.group_commit import IngestQueue
 from herald.ingest import MetricDirectory
 from herald.keys import KeyVerifier
 
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.engine = engine
     app.state.keys = KeyVerifier(engine, settings.api_key_cache_seconds)
     app.state.metrics = MetricDirectory()
+    app.state.ingest = IngestQueue(engine, app.state.metrics)
     app.state.temporal = TemporalLink(settings)
     app.add_middleware(GzipRequestMiddleware)
     app.add_middleware(RequestContextMiddleware)  # added last: runs first

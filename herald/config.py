@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     shopify_webhook_secret: str = ""
 
     # Routing: how many outbox rows one router activity claims, and how long it long-polls.
-    router_batch_size: int = 500
+    router_batch_size: int = 2000
     router_poll_seconds: float = 5.0
 
     # Validated API keys are cached this long, so revocation takes effect within it.

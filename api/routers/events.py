@@ -11,7 +11,6 @@ from api.deps import EngineDep, IngestKey, PrivateKey
 from api.errors import ApiError, field_errors, invalid
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
 from herald.db import session_scope
-from herald.ingest import ingest
 from models.events import (
     MAX_BATCH_EVENTS,
     BatchItemResult,
@@ -32,10 +31,8 @@ router = APIRouter(tags=["events"])
     status_code=status.HTTP_202_ACCEPTED,
     summary="Record one event (idempotent on profile + metric + unique_id)",
 )
-def create_event(
-    body: EventIn, request: Request, engine: EngineDep, _key: IngestKey
-) -> EventAccepted:
-    [result] = ingest(engine, request.app.state.metrics, [body], source="api")
+async def create_event(body: EventIn, request: Request, _key: IngestKey) -> EventAccepted:
+    [result] = await request.app.state.ingest.submit([body], "api")
     return EventAccepted(
         status="duplicate" if result.duplicate else "accepted",
         event_id=result.event_id,
@@ -63,12 +60,12 @@ def validate_items(raw: list[Any], field: str, parse) -> tuple[list, list[BatchI
     return valid, rejected
 
 
-def batch_response(
-    engine, metrics, valid: list[tuple[int, EventIn]], rejected: list[BatchItemResult], source: str
+async def batch_response(
+    request: Request, valid: list[tuple[int, EventIn]], rejected: list[BatchItemResult], source: str
 ) -> BatchResult:
     results = list(rejected)
     if valid:
-        stored = ingest(engine, metrics, [e for _, e in valid], source=source)
+        stored = await request.app.state.ingest.submit([e for _, e in valid], source)
         for (i, _), r in zip(valid, stored, strict=True):
             results.append(
                 BatchItemResult(
@@ -94,9 +91,8 @@ def batch_response(
     summary="Record up to 1,000 events; valid ones are stored, invalid ones reported per item",
     response_model=BatchResult,
 )
-def create_events_batch(
+async def create_events_batch(
     request: Request,
-    engine: EngineDep,
     _key: IngestKey,
     events: Annotated[list[Any], Body(embed=True, description="up to 1,000 events")],
 ):
@@ -105,7 +101,7 @@ def create_events_batch(
     if len(events) > MAX_BATCH_EVENTS:
         raise invalid("events", f"at most {MAX_BATCH_EVENTS} events per batch (got {len(events)})")
     valid, rejected = validate_items(events, "events", EventIn.model_validate)
-    result = batch_response(engine, request.app.state.metrics, valid, rejected, "api")
+    result = await batch_response(request, valid, rejected, "api")
     if not valid:
         # Nothing stored: the whole request failed, so it is a 422, with the same report.
         raise ApiError(

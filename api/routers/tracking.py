@@ -7,6 +7,7 @@ Invalid messages are reported and skipped; the valid ones in the same call are s
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import EngineDep, IngestKey
 from api.errors import ApiError, invalid
@@ -20,7 +21,7 @@ router = APIRouter(prefix="/v1", tags=["tracking (Segment-compatible)"])
 _IGNORED_TYPES = {"page", "screen", "group", "alias"}
 
 
-def _process(request: Request, engine, messages: list[Any], field: str) -> dict:
+async def _process(request: Request, engine, messages: list[Any], field: str) -> dict:
     if not messages:
         raise invalid(field, "must hold at least one message")
     if len(messages) > MAX_BATCH_EVENTS:
@@ -53,8 +54,8 @@ def _process(request: Request, engine, messages: list[Any], field: str) -> dict:
         )
     # Identifies first, so a track right after an identify lands on the identified profile.
     if identifies:
-        identify(engine, [p for _, p in identifies])
-    report = batch_response(engine, request.app.state.metrics, tracks, [], "segment")
+        await run_in_threadpool(identify, engine, [p for _, p in identifies])
+    report = await batch_response(request, tracks, [], "segment")
     return {
         "success": True,
         "identified": len(identifies),
@@ -66,24 +67,24 @@ def _process(request: Request, engine, messages: list[Any], field: str) -> dict:
 
 
 @router.post("/batch", summary="Segment batch upload (identify and track messages)")
-def segment_batch(
+async def segment_batch(
     request: Request,
     engine: EngineDep,
     _key: IngestKey,
     batch: Annotated[list[Any], Body(embed=True)],
 ) -> dict:
-    return _process(request, engine, batch, "batch")
+    return await _process(request, engine, batch, "batch")
 
 
 @router.post("/identify", summary="Segment identify")
-def segment_identify(
+async def segment_identify(
     request: Request, engine: EngineDep, _key: IngestKey, message: dict[str, Any] = Body()
 ) -> dict:
-    return _process(request, engine, [{**message, "type": "identify"}], "message")
+    return await _process(request, engine, [{**message, "type": "identify"}], "message")
 
 
 @router.post("/track", summary="Segment track")
-def segment_track(
+async def segment_track(
     request: Request, engine: EngineDep, _key: IngestKey, message: dict[str, Any] = Body()
 ) -> dict:
-    return _process(request, engine, [{**message, "type": "track"}], "message")
+    return await _process(request, engine, [{**message, "type": "track"}], "message")

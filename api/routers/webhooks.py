@@ -4,11 +4,9 @@ import json
 
 from fastapi import APIRouter, Header, Request, status
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 
 from api.deps import EngineDep, SettingsDep
 from api.errors import ApiError, field_errors
-from herald.ingest import ingest
 from herald.shopify import order_to_events, signature_valid
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
@@ -54,7 +52,7 @@ async def shopify_orders_create(
         raise ApiError(
             422, "validation_error", str(exc), [{"field": field, "reason": reason or str(exc)}]
         ) from None
-    results = await run_in_threadpool(ingest, engine, request.app.state.metrics, events, "shopify")
+    results = await request.app.state.ingest.submit(events, "shopify")
     placed = results[0]
     return {
         "status": "duplicate" if placed.duplicate else "accepted",
