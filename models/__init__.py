@@ -5,7 +5,9 @@ Importing this package registers every table on SQLModel.metadata (Alembic reads
 
 from models.account import Account
 from models.api_key import ApiKey
+from models.delivery import Delivery, OutboxMessage
 from models.events import Event, Metric, ProfileMetricStat
+from models.flows import EnrollmentStep, Flow, FlowEnrollment, FlowVersion, ReviewItem
 from models.lists import ListMembership, ProfileList
 from models.profile import Consent, ConsentChange, Profile
 from models.routing import RoutingOutbox
@@ -15,11 +17,18 @@ __all__ = [
     "ApiKey",
     "Consent",
     "ConsentChange",
+    "Delivery",
+    "EnrollmentStep",
     "Event",
+    "Flow",
+    "FlowEnrollment",
+    "FlowVersion",
     "ListMembership",
     "Metric",
+    "OutboxMessage",
     "Profile",
     "ProfileList",
     "ProfileMetricStat",
+    "ReviewItem",
     "RoutingOutbox",
 ]
