@@ -33,6 +33,13 @@ SHOPIFY_SECRET = "shpss_test_secret"
 
 # Tables emptied between tests, children first. Account, metrics and API keys persist.
 _TRANSIENT_TABLES = (
+    "message_outbox",
+    "delivery",
+    "review_item",
+    "enrollment_step",
+    "flow_enrollment",
+    "flow_version",
+    "flow",
     "routing_outbox",
     "profile_metric_stat",
     "event",
