@@ -10,22 +10,32 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
+from activities.date_triggers import DateTriggerActivities
+from activities.delivery import DeliveryActivities
+from activities.flow_routing import FlowRoutingHandler, TemporalBridge
+from activities.flows import FlowActivities
 from activities.metric_stats import MetricStatsHandler
 from activities.routing import RouterActivities
+from activities.webhooks import WebhookActivities
 from herald.config import Settings
 from herald.db import make_engine
 from herald.observability import LogContextInterceptor
 from herald.routing import RoutingHandler
 from herald.search_attributes import attributes
 from herald.temporal import connect
+from workflows.date_triggers import DateTriggerWorkflow, ensure_date_trigger_schedule
+from workflows.flow_enrollment import FlowEnrollmentWorkflow
 from workflows.router import ROUTER_WORKFLOW_ID, EventRouterWorkflow, RouterState
 
 log = structlog.get_logger("herald.worker")
 
 
-def routing_handlers() -> list[RoutingHandler]:
+def routing_handlers(client: Client, settings: Settings) -> list[RoutingHandler]:
     """Every routing handler, in the order they see each batch."""
-    return [MetricStatsHandler()]
+    bridge = TemporalBridge(
+        client, asyncio.get_running_loop(), settings.task_queue, settings.search_attributes
+    )
+    return [MetricStatsHandler(), FlowRoutingHandler(bridge)]
 
 
 def build_worker(
@@ -33,15 +43,34 @@ def build_worker(
 ) -> Worker:
     router = RouterActivities(
         engine,
-        handlers=routing_handlers() if handlers is None else handlers,
+        handlers=routing_handlers(client, settings) if handlers is None else handlers,
         batch_size=settings.router_batch_size,
         poll_seconds=settings.router_poll_seconds,
     )
+    flows = FlowActivities(engine)
+    delivery = DeliveryActivities(engine, settings)
+    webhooks = WebhookActivities(settings)
+    date_bridge = TemporalBridge(
+        client, asyncio.get_running_loop(), settings.task_queue, settings.search_attributes
+    )
+    dates = DateTriggerActivities(engine, FlowRoutingHandler(date_bridge))
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[EventRouterWorkflow],
-        activities=[router.route_pending],
+        workflows=[EventRouterWorkflow, FlowEnrollmentWorkflow, DateTriggerWorkflow],
+        activities=[
+            router.route_pending,
+            flows.record_steps,
+            flows.close_enrollment,
+            flows.evaluate_conditions,
+            flows.prepare_message,
+            flows.apply_profile_action,
+            flows.prepare_webhook,
+            delivery.deliver,
+            webhooks.call_webhook,
+            webhooks.send_internal_alert,
+            dates.enrol_date_triggers,
+        ],
         # Activities do blocking DB I/O, so they run in threads, not on the event loop.
         activity_executor=ThreadPoolExecutor(max_workers=16),
         interceptors=[LogContextInterceptor()],
@@ -75,6 +104,7 @@ async def run_worker(settings: Settings) -> None:
     engine = make_engine(settings.resolved_database_url)
     worker = build_worker(client, settings, engine)
     await ensure_router(client, settings)
+    await ensure_date_trigger_schedule(client, settings)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

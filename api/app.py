@@ -7,7 +7,19 @@ from sqlalchemy.engine import Engine
 
 from api.errors import install_error_handlers
 from api.middleware import GzipRequestMiddleware, RequestContextMiddleware
-from api.routers import account, events, health, lists, profiles, routing, tracking, webhooks
+from api.routers import (
+    account,
+    enrollments,
+    events,
+    flows,
+    health,
+    lists,
+    outbox,
+    profiles,
+    routing,
+    tracking,
+    webhooks,
+)
 from api.temporal_link import TemporalLink
 from herald.config import Settings, get_settings
 from herald.db import make_engine
@@ -44,6 +56,18 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_middleware(GzipRequestMiddleware)
     app.add_middleware(RequestContextMiddleware)  # added last: runs first
     install_error_handlers(app)
-    for module in (health, profiles, lists, events, tracking, webhooks, account, routing):
+    for module in (
+        health,
+        profiles,
+        lists,
+        events,
+        tracking,
+        webhooks,
+        account,
+        routing,
+        outbox,
+        flows,
+        enrollments,
+    ):
         app.include_router(module.router)
     return app

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("HERALD_TEMPORAL_NAMESPACE", "TEMPORAL_NAMESPACE"),
     )
     task_queue: str = "herald"
+    # Tag workflows with Herald's custom search attributes (they must be registered on the
+    # namespace); off for clusters, and the time-skipping test server, that have none.
+    search_attributes: bool = True
     # `herald dev` only: where the embedded Temporal dev server and its Web UI listen.
     dev_temporal_port: int = 7233
     temporal_ui_port: int = 8233
@@ -53,6 +56,23 @@ class Settings(BaseSettings):
 
     # Validated API keys are cached this long, so revocation takes effect within it.
     api_key_cache_seconds: float = 30.0
+
+    # Email delivery: the embedded outbox (listed by GET /v1/outbox) or an SMTP server.
+    email_provider: Literal["outbox", "smtp"] = "outbox"
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    smtp_sender: str = "herald@localhost"  # From, unless a message names its own sender
+    smtp_username: str = ""
+    smtp_password: str = ""
+    # none: plain; starttls: upgrade after connecting (587); tls: implicit TLS (465).
+    smtp_tls: Literal["none", "starttls", "tls"] = "none"
+    smtp_timeout_seconds: float = 30.0
+
+    # Webhook and internal-alert steps (herald/url_safety.py). Hosts, IPs or CIDRs listed here
+    # may resolve to private/loopback addresses and may use plain http. Env: a JSON list.
+    webhook_allow_hosts: list[str] = []
+    webhook_timeout_seconds: float = 10
+    webhook_max_response_bytes: int = 64 * 1024
 
     @property
     def resolved_database_url(self) -> str:

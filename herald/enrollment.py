@@ -38,8 +38,12 @@ class EnrollmentInput(BaseModel):
     version: int
     profile_id: str
     entry_key: str
+    # The profile's timezone at entry (account timezone when unknown): delays use it.
+    timezone: str = "UTC"
     definition: FlowDefinition
     trigger: TriggerContext
+    # Whether the namespace has Herald's search attributes (HeraldStep is upserted per step).
+    search_attributes: bool = True
 
 
 class EnrollmentState(BaseModel):
@@ -51,6 +55,6 @@ class EnrollmentState(BaseModel):
     current_step: str | None
     status: str  # running | completed | exited | cancelled
     next_wake_at: datetime | None = None
-    waiting_for: str | None = None  # timer | event | review | quiet_hours
+    waiting_for: str | None = None  # timer | event | review | quiet_hours | webhook
     path: list[str] = Field(default_factory=list)
     exit_reason: str | None = None

@@ -45,7 +45,7 @@ class PropertyCondition(PropertyFilter):
 
 
 class MetricCountCondition(_Strict):
-    """"has done <metric> <operator> <count> times" over all time or the last `within_days`."""
+    """ "has done <metric> <operator> <count> times" over all time or the last `within_days`."""
 
     type: Literal["metric_count"] = "metric_count"
     metric: str = Field(min_length=1, max_length=200)

@@ -225,6 +225,20 @@ async def temporal_server():
     await env.shutdown()
 
 
+@pytest.fixture(scope="session")
+async def skipping_env():
+    """Temporal's time-skipping test server: days-long flows run in moments."""
+    from temporalio.contrib.pydantic import pydantic_data_converter
+    from temporalio.testing import WorkflowEnvironment
+
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=find_binary("temporal-test-server"),
+        data_converter=pydantic_data_converter,
+    )
+    yield env
+    await env.shutdown()
+
+
 @contextmanager
 def serve(app) -> Iterator[str]:
     """Serve an app under uvicorn in a thread; yields its base URL."""

@@ -7,6 +7,7 @@ from collections import defaultdict
 import pytest
 from sqlmodel import Session
 
+from activities.metric_stats import MetricStatsHandler
 from herald.config import Settings
 from herald.db import session_scope
 from herald.ingest import MetricDirectory, ingest
@@ -15,7 +16,7 @@ from herald.routing import RoutedItem
 from models.enums import OutboxKind
 from models.events import EventIn
 from models.lists import ProfileList
-from worker import build_worker, ensure_router, routing_handlers
+from worker import build_worker, ensure_router
 from workflows.router import EventRouterWorkflow, RouterState
 
 
@@ -89,7 +90,7 @@ async def test_events_and_list_additions_are_routed_once_in_acceptance_order(tem
 
     recorder = RecordingHandler()
     settings, wf_id, worker = await run_router(
-        temporal_server, db, [*routing_handlers(), recorder], RouterState()
+        temporal_server, db, [MetricStatsHandler(), recorder], RouterState()
     )
     async with worker:
         await ensure_router(temporal_server.client, settings, wf_id)
@@ -128,7 +129,7 @@ async def test_router_continues_as_new_and_still_routes_everything_once(temporal
     )
     recorder = RecordingHandler()
     settings, wf_id, worker = await run_router(
-        temporal_server, db, [*routing_handlers(), recorder], RouterState(), batch_size=2
+        temporal_server, db, [MetricStatsHandler(), recorder], RouterState(), batch_size=2
     )
     async with worker:
         await ensure_router(
@@ -158,7 +159,7 @@ async def test_backfilled_events_reach_handlers_marked_as_backfill(temporal_serv
     )
     recorder = RecordingHandler()
     settings, wf_id, worker = await run_router(
-        temporal_server, db, [*routing_handlers(), recorder], RouterState()
+        temporal_server, db, [MetricStatsHandler(), recorder], RouterState()
     )
     async with worker:
         await ensure_router(temporal_server.client, settings, wf_id)
@@ -172,7 +173,7 @@ async def test_backfilled_events_reach_handlers_marked_as_backfill(temporal_serv
 
 async def test_router_is_visible_to_operators_by_search_attribute(temporal_server, db):
     settings, wf_id, worker = await run_router(
-        temporal_server, db, routing_handlers(), RouterState()
+        temporal_server, db, [MetricStatsHandler()], RouterState()
     )
     async with worker:
         await ensure_router(temporal_server.client, settings, wf_id)

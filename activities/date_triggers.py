@@ -1,0 +1,275 @@
+"""Date property triggers: enrol profiles on the anniversary of a date property (e.g. birthday).
+
+An hourly schedule (workflows/date_triggers.py) runs `enrol_date_triggers` with the hour it was
+scheduled for. For every live or manual flow triggered by a date property, a profile is due when,
+in its own timezone (else the account's, else UTC), today is an anniversary of the property's date
+plus the flow's offset in days, and the hour is the flow's `at_time` hour. Feb 29 falls on Feb 28
+in other years; an offset may cross a year boundary (Jan 2 with offset -3 is due on Dec 30 of the
+year before). Anniversaries before the date itself do not count (a date in the future is not yet
+an anniversary). When the `at_time` hour does not exist that day (a daylight-saving gap), the
+profile is due in the first hour after the gap.
+
+Profiles are read in pages of `page_size`, ordered by id, one transaction per page: due profiles
+enrol through the flow routing handler (re-entry, flow filters, the enrollment row), the page's
+workflow starts run before the commit, and a heartbeat records the last committed id so a retried
+attempt resumes there. The entry key is `date-<local date>`, so running the same hour again (a
+retry, a manual trigger, the repeated hour when clocks go back) never enrols a profile twice.
+"""
+
+import functools
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime, time
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import structlog
+from sqlalchemy import func, or_, select, type_coerce
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+from temporalio import activity
+
+from activities.flow_routing import FlowRoutingHandler, _Effects
+from herald.db import session_scope
+from herald.enrollment import TriggerContext
+from herald.flow_graph import DatePropertyTrigger
+from models.account import Account
+from models.flows import Flow
+from models.profile import Profile
+
+log = structlog.get_logger("herald.date_triggers")
+
+PAGE_SIZE = 1000
+TRIGGER_TYPE = "date_property"
+
+
+@dataclass
+class DateTriggerCounts:
+    flows: int = 0  # date property flows that are live or manual
+    profiles_checked: int = 0  # profiles carrying at least one of those flows' properties
+    enrolled: int = 0  # enrollments started
+    unparseable: int = 0  # (profile, property) values that are not a date
+
+
+# ---- pure date arithmetic -----------------------------------------------------------------------
+
+
+def parse_date_value(value: Any) -> date | None:
+    """An ISO date ("1990-03-05") or ISO datetime, as the calendar date written; else None.
+
+    A datetime's date is taken as written, not converted to another timezone: a birthday stored
+    as "1990-03-05T00:00:00Z" is on March 5 wherever the profile lives.
+    """
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text).date()
+    except ValueError:
+        return None
+
+
+def anniversary(original: date, year: int) -> date:
+    """The same month and day in `year`; Feb 29 is Feb 28 in years that have none."""
+    try:
+        return original.replace(year=year)
+    except ValueError:  # Feb 29 in a common year
+        return date(year, 2, 28)
+
+
+def _slot(day: date, at: time, zone: ZoneInfo) -> tuple[date, int]:
+    """The local (date, hour) in which `at` on `day` happens: later, if a DST gap skips it."""
+    wall = datetime.combine(day, time(at.hour), tzinfo=zone)
+    real = wall.astimezone(UTC).astimezone(zone)
+    return real.date(), real.hour
+
+
+def is_due(original: date, trigger: DatePropertyTrigger, local_now: datetime) -> bool:
+    """Whether `local_now` (aware, in the profile's timezone) is in the hour this date is due."""
+    zone = local_now.tzinfo
+    today = (local_now.date(), local_now.hour)
+    # An offset of up to a year either way moves the anniversary into a neighbouring year.
+    for year in (local_now.year - 1, local_now.year, local_now.year + 1):
+        if year < original.year or year < 1 or year > 9998:
+            continue
+        day = anniversary(original, year).toordinal() + trigger.offset_days
+        if not 1 <= day <= date.max.toordinal():
+            continue
+        if _slot(date.fromordinal(day), trigger.at_time, zone) == today:
+            return True
+    return False
+
+
+@functools.lru_cache(maxsize=1024)
+def _zone(name: str | None) -> ZoneInfo | None:
+    if not name:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return None
+
+
+def _property_value(properties: dict[str, Any], path: str) -> Any:
+    """A key of `properties`, or a dotted path into it (a literal key with dots wins)."""
+    if path in properties:
+        return properties[path]
+    current: Any = properties
+    for part in path.split("."):
+        if not isinstance(current, dict) or part not in current:
+            return None
+        current = current[part]
+    return current
+
+
+# ---- the activity -------------------------------------------------------------------------------
+
+
+@dataclass
+class _DateFlow:
+    flow: Flow
+    trigger: DatePropertyTrigger
+
+
+def _heartbeat(*details: Any) -> None:
+    if activity.in_activity():
+        activity.heartbeat(*details)
+
+
+class DateTriggerActivities:
+    def __init__(
+        self, engine: Engine, handler: FlowRoutingHandler, page_size: int = PAGE_SIZE
+    ) -> None:
+        self.engine = engine
+        self.handler = handler
+        self.page_size = page_size
+
+    @activity.defn(name="enrol_date_triggers")
+    def enrol_date_triggers(self, now: datetime) -> DateTriggerCounts:
+        """Enrols every profile due at `now` (the hour the schedule fired for) in date flows."""
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=UTC)
+        counts, after = self._resume()
+        with session_scope(self.engine) as session:
+            flows = self._date_flows(session)
+            account_zone = _zone(
+                session.execute(select(Account.timezone).where(Account.id == 1)).scalar()
+            ) or ZoneInfo("UTC")
+        counts.flows = len(flows)
+        if not flows:
+            return counts
+        while True:
+            with session_scope(self.engine) as session:
+                rows = self._page(session, flows, after)
+                if not rows:
+                    break
+                effects = _Effects()
+                page = self._check_page(session, flows, rows, now, account_zone, effects)
+                # Before the commit, like the router: starts are idempotent (the workflow ID
+                # embeds the entry key), so a failed commit and a retried page are harmless.
+                self.handler.bridge.apply(effects)
+            after = rows[-1][0]
+            counts.profiles_checked += page.profiles_checked
+            counts.unparseable += page.unparseable
+            counts.enrolled += len(effects.starts)
+            _heartbeat({"after": after, "counts": asdict(counts)})
+            if len(rows) < self.page_size:
+                break
+        log.info("date triggers checked", at=now.isoformat(), **asdict(counts))
+        return counts
+
+    # ---- steps ---------------------------------------------------------------------------------
+
+    def _resume(self) -> tuple[DateTriggerCounts, str | None]:
+        """Progress a previous attempt of this activity recorded, if any."""
+        if not activity.in_activity():
+            return DateTriggerCounts(), None
+        details = activity.info().heartbeat_details
+        if not details or not isinstance(details[0], dict):
+            return DateTriggerCounts(), None
+        saved = details[0]
+        return DateTriggerCounts(**saved.get("counts", {})), saved.get("after")
+
+    def _date_flows(self, session: Session) -> list[_DateFlow]:
+        flows = session.execute(
+            select(Flow)
+            .where(
+                Flow.trigger_type == TRIGGER_TYPE,
+                Flow.status.in_(("live", "manual")),
+                Flow.deleted_at.is_(None),
+            )
+            .order_by(Flow.id)
+        ).scalars()
+        found = []
+        for flow in flows:
+            trigger = self.handler.definition(session, flow.id, flow.latest_version).trigger
+            if isinstance(trigger, DatePropertyTrigger):
+                found.append(_DateFlow(flow, trigger))
+            else:
+                log.warning("flow trigger type disagrees with its definition", flow_id=flow.id)
+        return found
+
+    def _page(self, session: Session, flows: list[_DateFlow], after: str | None) -> list:
+        stmt = select(Profile.id, Profile.timezone, Profile.properties)
+        having = _has_any_key(session, {f.trigger.property for f in flows})
+        if having is not None:
+            stmt = stmt.where(having)
+        if after is not None:
+            stmt = stmt.where(Profile.id > after)
+        return list(session.execute(stmt.order_by(Profile.id).limit(self.page_size)).all())
+
+    def _check_page(
+        self,
+        session: Session,
+        flows: list[_DateFlow],
+        rows: list,
+        now: datetime,
+        account_zone: ZoneInfo,
+        effects: _Effects,
+    ) -> DateTriggerCounts:
+        page = DateTriggerCounts()
+        for profile_id, timezone, properties in rows:
+            local_now = now.astimezone(_zone(timezone) or account_zone)
+            parsed: dict[str, date | None] = {}
+            checked = False
+            for item in flows:
+                name = item.trigger.property
+                raw = _property_value(properties or {}, name)
+                if raw is None:
+                    continue
+                checked = True
+                if name not in parsed:
+                    parsed[name] = parse_date_value(raw)
+                    page.unparseable += parsed[name] is None
+                original = parsed[name]
+                if original is None or not is_due(original, item.trigger, local_now):
+                    continue
+                trigger = TriggerContext(
+                    type=TRIGGER_TYPE,
+                    properties={"property": name, "value": raw},
+                    time=now,
+                )
+                key = f"date-{local_now.date().isoformat()}"
+                self.handler._enrol(session, item.flow, profile_id, key, trigger, effects)
+            page.profiles_checked += checked
+        return page
+
+
+def _has_any_key(session: Session, names: set[str]):
+    """SQL: the profile's properties have one of these top-level keys (None: cannot say)."""
+    keys = set()
+    for name in names:
+        keys.add(name)
+        keys.add(name.split(".", 1)[0])  # a dotted path starts at its first key
+    column = Profile.__table__.c.properties
+    if session.get_bind().dialect.name == "postgresql":
+        return or_(*(type_coerce(column, JSONB).has_key(k) for k in sorted(keys)))
+    if any('"' in k or "\\" in k for k in keys):
+        return None  # not expressible as a SQLite JSON path: filter in Python only
+    return or_(*(func.json_type(column, f'$."{k}"').is_not(None) for k in sorted(keys)))

@@ -1,0 +1,338 @@
+"""The `deliver` activity: one message to one profile, for flows and campaigns alike.
+
+Everything is decided at send time, in one transaction with the delivery row: whether the run
+was exited, channel, address, consent, filters, segment, smart sending, caps and quiet hours.
+The row's unique idempotency key makes every retry of a (run, step, profile) return the first
+attempt's outcome, so a message is sent at most once.
+"""
+
+from collections.abc import Callable, Mapping
+from datetime import datetime
+
+import structlog
+from sqlalchemy import case, func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from herald.channels import ChannelProvider, OutgoingMessage, ProviderRejected, providers_for
+from herald.clock import activity_now
+from herald.conditions import ConditionUnavailable, profile_matches
+from herald.config import Settings
+from herald.consent import address_for
+from herald.db import session_scope
+from herald.delivery_policy import (
+    DAY,
+    QUIET_HOURS_CHANNELS,
+    WEEK,
+    FailReason,
+    SkipReason,
+    cap_reached,
+    parse_clock,
+    quiet_hours_end,
+    recently_messaged,
+    smart_sending_window,
+    zone_or,
+)
+from herald.ids import new_id
+from herald.templates import TemplateError, render, template_variables
+from models.account import Account
+from models.delivery import Delivery
+from models.delivery_dto import DeliveryRequest, DeliveryResult
+from models.enums import ConsentStatus
+from models.flows import FlowEnrollment
+from models.profile import Consent, Profile
+
+log = structlog.get_logger("herald.delivery")
+
+SUBJECT_MAX = 998  # RFC 5322 line limit, and the column's length
+
+
+def campaign_exited(session: Session, request: DeliveryRequest) -> bool:
+    """Has the profile left this campaign run (exit criteria met, removed by an operator)?
+
+    The campaigns issue fills this in with its exit records; until then nothing exits one.
+    """
+    return False
+
+
+def segment_member(session: Session, segment_id: str, profile_id: str) -> bool:
+    """Is the profile still in the segment that triggered its flow?
+
+    The segments issue fills this in with the membership table; until then everyone is.
+    """
+    return True
+
+
+def flow_exited(session: Session, workflow_id: str) -> bool:
+    """Has the enrollment ended or been marked exited (conversion, operator, filter)?"""
+    stmt = select(FlowEnrollment.status, FlowEnrollment.exit_reason).where(
+        FlowEnrollment.workflow_id == workflow_id
+    )
+    # A shared row lock (PostgreSQL; SQLite serialises writers anyway) makes a concurrent exit
+    # wait for this send to commit, or this send see that exit: never both "running".
+    row = session.execute(stmt.with_for_update(read=True)).first()
+    # No row: the enrollment was deleted or never recorded, so it may not be messaged.
+    return row is None or row.exit_reason is not None or row.status != "running"
+
+
+class DeliveryActivities:
+    """The shared delivery pipeline; the worker wires the engine, settings and providers."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        *,
+        providers: Mapping[str, ChannelProvider] | None = None,
+        clock: Callable[[], datetime] = activity_now,
+    ):
+        self.engine = engine
+        self.settings = settings
+        self.providers = dict(providers) if providers is not None else providers_for(settings)
+        self.clock = clock
+
+    @activity.defn(name="deliver")
+    def deliver(self, request: DeliveryRequest) -> DeliveryResult:
+        """Sends, skips (recorded with its reason), fails (recorded) or holds (recorded later).
+
+        Raises only for transient trouble (database, provider unavailable), so that Temporal
+        retries; every retry returns the first recorded outcome.
+        """
+        if request.run_kind == "flow" and not request.workflow_id:
+            raise ApplicationError(
+                "a flow delivery needs the enrollment's workflow_id",
+                type="InvalidDeliveryRequest",
+                non_retryable=True,
+            )
+        if request.channel not in self.providers:
+            raise ApplicationError(
+                f"no provider is configured for channel {request.channel!r}",
+                type="InvalidDeliveryRequest",
+                non_retryable=True,
+            )
+        try:
+            return self._deliver(request)
+        except ConditionUnavailable as exc:
+            raise ApplicationError(
+                str(exc), type="ConditionUnavailable", non_retryable=True
+            ) from exc
+        except IntegrityError:
+            # A concurrent attempt with the same key committed first: its outcome is ours.
+            with session_scope(self.engine) as session:
+                recorded = recorded_result(session, request.idempotency_key)
+            if recorded is None:
+                raise
+            return recorded
+
+    def _deliver(self, request: DeliveryRequest) -> DeliveryResult:
+        now = self.clock()
+        with session_scope(self.engine) as session:
+            recorded = recorded_result(session, request.idempotency_key)
+            if recorded is not None:
+                return recorded
+            account = session.get(Account, 1) or Account()
+            profile = session.get(Profile, request.profile_id)
+            reason = skip_reason(session, request, account, profile, now)
+            if reason is not None:
+                return record(session, request, now, "skipped", reason)
+            assert profile is not None  # skip_reason reports a missing profile
+            if request.channel in QUIET_HOURS_CHANNELS:
+                hold_until = quiet_hours_end(
+                    now,
+                    zone_or(profile.timezone, account.timezone),
+                    parse_clock(account.quiet_hours_start),
+                    parse_clock(account.quiet_hours_end),
+                )
+                if hold_until is not None:
+                    # Nothing recorded: the workflow sleeps and asks again with the same key.
+                    return DeliveryResult(status="held", hold_until=hold_until)
+            return self._send(session, request, profile, now)
+
+    def _send(
+        self, session: Session, request: DeliveryRequest, profile: Profile, now: datetime
+    ) -> DeliveryResult:
+        variables = template_variables(profile.model_dump(), request.context)
+        try:
+            subject = (
+                render(request.content.subject, variables) if request.content.subject else None
+            )
+            body = render(request.content.body, variables)
+        except TemplateError as exc:
+            log.warning("template error", key=request.idempotency_key, error=str(exc))
+            return record(session, request, now, "failed", FailReason.template_error)
+        if subject is not None:
+            # A line break in a subject would start a new mail header.
+            subject = " ".join(subject.split())[:SUBJECT_MAX]
+
+        provider = self.providers[request.channel]
+        address = address_for(profile, request.channel)
+        # Push fans out to every token in the provider; the row names the first.
+        to_address = address[0] if isinstance(address, list) else address
+        assert to_address  # skip_reason reports a missing address
+        delivery = Delivery(
+            id=new_id("dl"),
+            idempotency_key=request.idempotency_key,
+            run_kind=request.run_kind,
+            run_id=request.run_id,
+            step_id=request.step_id,
+            workflow_id=request.workflow_id,
+            profile_id=request.profile_id,
+            channel=request.channel,
+            status="sent",
+            transactional=request.transactional,
+            provider=provider.name,
+            to_address=to_address,
+            subject=subject,
+            created_at=now,
+            sent_at=now,
+        )
+        session.add(delivery)
+        # Claims the idempotency key before anything leaves: a concurrent attempt with the same
+        # key blocks on this row (PostgreSQL) or on the write lock (SQLite) until we finish.
+        session.flush()
+        message = OutgoingMessage(
+            delivery_id=delivery.id,
+            idempotency_key=request.idempotency_key,
+            profile_id=profile.id,
+            channel=request.channel,
+            to_address=to_address,
+            subject=subject,
+            body=body,
+            sender=request.content.sender,
+            tracking={
+                "$delivery_id": delivery.id,
+                "run_kind": request.run_kind,
+                "run_id": request.run_id,
+                "step_id": request.step_id,
+            },
+        )
+        # The outbox writes its row in this transaction. An external provider (SMTP) is called
+        # while the key is claimed but uncommitted: it commits only once the server accepted the
+        # message, and ProviderUnavailable rolls everything back so Temporal retries. What is
+        # left: a crash between the server's accept and our commit leaves no row, so the retry
+        # sends again. The retry carries the same Message-ID (derived from the idempotency key),
+        # which lets receivers that dedupe on it (Gmail does) drop the second copy; closing the
+        # window entirely would need a provider API that takes an idempotency key. On SQLite the
+        # SMTP exchange holds the database's write lock (bounded by smtp_timeout_seconds); on
+        # PostgreSQL only this key and the enrollment row are locked.
+        try:
+            delivery.provider_message_id = provider.send(session, message)
+        except ProviderRejected as exc:
+            log.warning("provider rejected", key=request.idempotency_key, error=str(exc))
+            delivery.status, delivery.reason, delivery.sent_at = (
+                "failed",
+                FailReason.provider_rejected,
+                None,
+            )
+        return result_of(delivery)
+
+
+def skip_reason(
+    session: Session,
+    request: DeliveryRequest,
+    account: Account,
+    profile: Profile | None,
+    now: datetime,
+) -> SkipReason | None:
+    """The first rule that blocks this message, in the order operators read them, or None."""
+    channel = request.channel
+    if request.run_kind == "flow":
+        assert request.workflow_id is not None
+        if flow_exited(session, request.workflow_id):
+            return SkipReason.exited
+    elif campaign_exited(session, request):
+        return SkipReason.exited
+    if channel not in account.enabled_channels:
+        return SkipReason.channel_disabled
+    if profile is None:
+        return SkipReason.profile_deleted
+    if not address_for(profile, channel):
+        return SkipReason.missing_address
+    consent = session.get(Consent, (profile.id, channel))
+    if consent is None or consent.status != ConsentStatus.subscribed:
+        return SkipReason.no_consent
+    if request.filters and not profile_matches(session, profile.id, request.filters, now):
+        return SkipReason.filter
+    if request.segment_id and not segment_member(session, request.segment_id, profile.id):
+        return SkipReason.segment
+    if request.smart_sending:
+        window = smart_sending_window(channel, account.smart_sending_hours)
+        if recently_messaged(last_sent_at(session, profile.id, channel, now - window), now, window):
+            return SkipReason.smart_sending
+    caps = account.frequency_caps.get(channel)
+    if caps and not request.transactional:
+        sent_day, sent_week = sends_in_last_day_and_week(session, profile.id, channel, now)
+        if cap_reached(caps, sent_day, sent_week):
+            return SkipReason.capped
+    return None
+
+
+def last_sent_at(
+    session: Session, profile_id: str, channel: str, since: datetime
+) -> datetime | None:
+    return session.execute(
+        select(func.max(Delivery.sent_at)).where(
+            Delivery.profile_id == profile_id,
+            Delivery.channel == channel,
+            Delivery.status == "sent",
+            Delivery.sent_at > since,
+        )
+    ).scalar()
+
+
+def sends_in_last_day_and_week(
+    session: Session, profile_id: str, channel: str, now: datetime
+) -> tuple[int, int]:
+    day, week = session.execute(
+        select(
+            func.coalesce(func.sum(case((Delivery.sent_at > now - DAY, 1), else_=0)), 0),
+            func.count(),
+        ).where(
+            Delivery.profile_id == profile_id,
+            Delivery.channel == channel,
+            Delivery.status == "sent",
+            Delivery.sent_at > now - WEEK,
+        )
+    ).one()
+    return int(day), int(week)
+
+
+def recorded_result(session: Session, idempotency_key: str) -> DeliveryResult | None:
+    row = session.execute(
+        select(Delivery).where(Delivery.idempotency_key == idempotency_key)
+    ).scalar_one_or_none()
+    return None if row is None else result_of(row)
+
+
+def record(
+    session: Session, request: DeliveryRequest, now: datetime, status: str, reason: str
+) -> DeliveryResult:
+    """A delivery row for a message that was not sent (skipped or failed before the provider)."""
+    delivery = Delivery(
+        id=new_id("dl"),
+        idempotency_key=request.idempotency_key,
+        run_kind=request.run_kind,
+        run_id=request.run_id,
+        step_id=request.step_id,
+        workflow_id=request.workflow_id,
+        profile_id=request.profile_id,
+        channel=request.channel,
+        status=status,
+        reason=reason,
+        transactional=request.transactional,
+        created_at=now,
+    )
+    session.add(delivery)
+    session.flush()
+    return result_of(delivery)
+
+
+def result_of(delivery: Delivery) -> DeliveryResult:
+    return DeliveryResult(
+        status=delivery.status,  # type: ignore[arg-type]  # sent | skipped | failed
+        reason=delivery.reason,
+        delivery_id=delivery.id,
+    )

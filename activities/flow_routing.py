@@ -1,0 +1,306 @@
+"""Routing handler for flows: triggers start enrollments, conversions exit them.
+
+Runs inside the router's transaction (see herald/routing.py). For each routed item, in order:
+1. conversions: running enrollments of the profile whose flow exits on this metric get
+   exit_reason `converted` in the database (what the deliver activity checks at send time) and
+   an `exit` signal (what wakes them now);
+2. wait-for-event: running enrollments of the profile get an `event` signal for the metric;
+3. triggers: every live or manual flow whose trigger matches (metric + trigger filters, or the
+   list) enrols the profile if re-entry and flow filters allow it.
+Exits come before triggers, so the event that starts an enrollment never ends it. Workflow
+starts and signals happen before the transaction commits and are idempotent: the workflow ID
+embeds the trigger's unique id, starting it again finds the same run (or, once it has closed,
+is refused), and a signal to a closed run is dropped.
+"""
+
+import asyncio
+import contextlib
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import structlog
+from sqlalchemy import select, update
+from sqlmodel import Session
+from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from herald.clock import activity_now
+from herald.conditions import profile_matches
+from herald.enrollment import (
+    SIGNAL_EXIT,
+    EnrollmentInput,
+    TriggerContext,
+    enrollment_workflow_id,
+)
+from herald.flow_graph import FlowDefinition, MetricTrigger, WaitForEvent
+from herald.property_filters import event_matches
+from herald.routing import RoutedItem
+from herald.search_attributes import attributes
+from herald.sql import insert_ignoring_conflicts
+from models.account import Account
+from models.enums import OutboxKind
+from models.flows import Flow, FlowEnrollment, FlowVersion
+from models.profile import Profile
+
+log = structlog.get_logger("herald.flows")
+
+_SAFE_KEY = re.compile(r"^[A-Za-z0-9_.:@-]{1,100}$")
+
+
+def entry_key(raw: str) -> str:
+    """The trigger's unique id if it is short and plain, else a digest of it."""
+    if _SAFE_KEY.match(raw):
+        return raw
+    return "h-" + hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+@dataclass
+class _Effects:
+    starts: list[tuple[str, EnrollmentInput]] = field(default_factory=list)
+    signals: list[tuple[str, str, str]] = field(default_factory=list)  # (workflow id, name, arg)
+
+
+class TemporalBridge:
+    """Runs Temporal client calls from the router's activity thread on the worker's loop."""
+
+    def __init__(
+        self,
+        client: Client,
+        loop: asyncio.AbstractEventLoop,
+        task_queue: str,
+        search_attributes: bool = True,
+    ):
+        self.client = client
+        self.loop = loop
+        self.task_queue = task_queue
+        self.search_attributes = search_attributes
+
+    def apply(self, effects: _Effects) -> None:
+        if effects.starts or effects.signals:
+            future = asyncio.run_coroutine_threadsafe(self._apply(effects), self.loop)
+            future.result(timeout=120)
+
+    async def _apply(self, effects: _Effects) -> None:
+        await asyncio.gather(
+            *(self._start(wid, params) for wid, params in effects.starts),
+            *(self._signal(*s) for s in effects.signals),
+        )
+
+    async def _start(self, workflow_id: str, params: EnrollmentInput) -> None:
+        params = params.model_copy(update={"search_attributes": self.search_attributes})
+        tags = attributes(
+            kind="flow",
+            flow_id=params.flow_id,
+            profile_id=params.profile_id,
+            step=params.definition.entry_step,
+        )
+        # WorkflowAlreadyStartedError: a retried batch, and this enrollment already ran.
+        with contextlib.suppress(WorkflowAlreadyStartedError):
+            await self.client.start_workflow(
+                "FlowEnrollment",
+                params,
+                id=workflow_id,
+                task_queue=self.task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                search_attributes=tags if self.search_attributes else None,
+            )
+
+    async def _signal(self, workflow_id: str, name: str, arg: str) -> None:
+        try:
+            await self.client.get_workflow_handle(workflow_id).signal(name, arg)
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+            # Closed meanwhile: nothing left to tell it.
+
+
+class FlowRoutingHandler:
+    name = "flows"
+
+    def __init__(self, bridge: TemporalBridge, clock=activity_now) -> None:
+        self.bridge = bridge
+        self.clock = clock
+        self._definitions: dict[tuple[str, int], FlowDefinition] = {}
+
+    def handle(self, session: Session, items: list[RoutedItem]) -> None:
+        live = [i for i in items if not i.backfill]
+        if not live:
+            return
+        effects = _Effects()
+        flows = self._candidate_flows(session, live)
+        for item in live:
+            if item.kind is OutboxKind.event:
+                self._exits(session, item, effects)
+                self._wake_waiters(session, item, effects)
+            self._triggers(session, item, flows, effects)
+        self.bridge.apply(effects)
+
+    # ---- lookups -------------------------------------------------------------------------------
+
+    def definition(self, session: Session, flow_id: str, version: int) -> FlowDefinition:
+        key = (flow_id, version)
+        if key not in self._definitions:
+            row = session.get(FlowVersion, key)
+            self._definitions[key] = FlowDefinition.model_validate(row.definition)
+        return self._definitions[key]
+
+    def _candidate_flows(self, session: Session, items: list[RoutedItem]) -> list[Flow]:
+        keys = {i.metric for i in items if i.metric} | {i.list_id for i in items if i.list_id}
+        if not keys:
+            return []
+        return list(
+            session.execute(
+                select(Flow).where(
+                    Flow.trigger_key.in_(keys),
+                    Flow.trigger_type.in_(("metric", "list")),
+                    Flow.status.in_(("live", "manual")),
+                    Flow.deleted_at.is_(None),
+                )
+            ).scalars()
+        )
+
+    # ---- conversions and waits -----------------------------------------------------------------
+
+    def _exits(self, session: Session, item: RoutedItem, effects: _Effects) -> None:
+        enrollments = FlowEnrollment.__table__
+        exiting = session.execute(
+            update(enrollments)
+            .where(
+                enrollments.c.profile_id == item.profile_id,
+                enrollments.c.status == "running",
+                enrollments.c.exit_reason.is_(None),
+                enrollments.c.flow_id.in_(select(Flow.id).where(Flow.exit_metric == item.metric)),
+            )
+            .values(exit_reason="converted")
+            .returning(enrollments.c.workflow_id)
+        ).scalars()
+        for workflow_id in exiting:
+            effects.signals.append((workflow_id, SIGNAL_EXIT, "converted"))
+
+    def _wake_waiters(self, session: Session, item: RoutedItem, effects: _Effects) -> None:
+        running = session.execute(
+            select(
+                FlowEnrollment.workflow_id, FlowEnrollment.flow_id, FlowEnrollment.version
+            ).where(
+                FlowEnrollment.profile_id == item.profile_id,
+                FlowEnrollment.status == "running",
+                FlowEnrollment.exit_reason.is_(None),
+            )
+        ).all()
+        for workflow_id, flow_id, version in running:
+            steps = self.definition(session, flow_id, version).steps
+            if any(isinstance(s, WaitForEvent) and s.metric == item.metric for s in steps):
+                effects.signals.append((workflow_id, "event", item.metric))
+
+    # ---- triggers ------------------------------------------------------------------------------
+
+    def _triggers(
+        self, session: Session, item: RoutedItem, flows: list[Flow], effects: _Effects
+    ) -> None:
+        for flow in flows:
+            if item.kind is OutboxKind.event:
+                if flow.trigger_type != "metric" or flow.trigger_key != item.metric:
+                    continue
+                trigger = TriggerContext(
+                    type="metric",
+                    metric=item.metric,
+                    event_id=item.event_id,
+                    unique_id=item.unique_id,
+                    value=item.value,
+                    properties=item.properties or {},
+                    time=item.time,
+                )
+                key = entry_key(item.unique_id or str(item.event_id))
+            elif item.kind is OutboxKind.list_added:
+                if flow.trigger_type != "list" or flow.trigger_key != item.list_id:
+                    continue
+                trigger = TriggerContext(type="list", list_id=item.list_id)
+                key = f"list-{item.outbox_id}"
+            else:
+                continue
+            self._enrol(session, flow, item.profile_id, key, trigger, effects)
+
+    def _enrol(
+        self,
+        session: Session,
+        flow: Flow,
+        profile_id: str,
+        key: str,
+        trigger: TriggerContext,
+        effects: _Effects,
+    ) -> None:
+        definition = self.definition(session, flow.id, flow.latest_version)
+        if isinstance(definition.trigger, MetricTrigger) and not event_matches(
+            trigger.properties, trigger.value, definition.trigger.filters
+        ):
+            return
+        now = self.clock()
+        if not self._reentry_allows(session, flow.id, profile_id, definition, now):
+            return
+        if not profile_matches(session, profile_id, definition.filters, now):
+            return
+        workflow_id = enrollment_workflow_id(flow.id, profile_id, key)
+        inserted = session.execute(
+            insert_ignoring_conflicts(session, FlowEnrollment.__table__).returning(
+                FlowEnrollment.__table__.c.workflow_id
+            ),
+            [
+                {
+                    "workflow_id": workflow_id,
+                    "flow_id": flow.id,
+                    "version": flow.latest_version,
+                    "profile_id": profile_id,
+                    "entry_key": key,
+                    "status": "running",
+                    "current_step": definition.entry_step,
+                    "trigger": trigger.model_dump(mode="json"),
+                    "started_at": now,
+                }
+            ],
+        ).first()
+        if inserted is None:
+            return  # the same trigger (same unique id) never enrols twice
+        effects.starts.append(
+            (
+                workflow_id,
+                EnrollmentInput(
+                    flow_id=flow.id,
+                    flow_name=flow.name,
+                    version=flow.latest_version,
+                    profile_id=profile_id,
+                    entry_key=key,
+                    timezone=self._timezone(session, profile_id),
+                    definition=definition,
+                    trigger=trigger,
+                ),
+            )
+        )
+
+    def _reentry_allows(
+        self, session: Session, flow_id: str, profile_id: str, definition, now
+    ) -> bool:
+        last = session.execute(
+            select(FlowEnrollment.started_at)
+            .where(FlowEnrollment.flow_id == flow_id, FlowEnrollment.profile_id == profile_id)
+            .order_by(FlowEnrollment.started_at.desc())
+            .limit(1)
+        ).scalar()
+        if last is None:
+            return True
+        mode = definition.reentry.mode
+        if mode == "every_time":
+            return True
+        if mode == "once":
+            return False
+        return now - last >= timedelta(days=definition.reentry.cooldown_days or 0)
+
+    def _timezone(self, session: Session, profile_id: str) -> str:
+        tz = session.execute(select(Profile.timezone).where(Profile.id == profile_id)).scalar()
+        if tz:
+            return tz
+        return session.execute(select(Account.timezone).where(Account.id == 1)).scalar() or "UTC"

@@ -1,0 +1,121 @@
+"""What Herald sent and why it did not: the embedded outbox's messages and every delivery row."""
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+from sqlalchemy import select
+
+from api.deps import EngineDep, PrivateKey
+from api.errors import invalid
+from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
+from herald.db import session_scope
+from models.delivery import Delivery, OutboxMessage
+from models.enums import Channel
+
+router = APIRouter(tags=["deliveries"])
+
+
+class OutboxMessagePublic(BaseModel):
+    id: int
+    delivery_id: str
+    profile_id: str
+    channel: Channel
+    to: str
+    subject: str | None
+    body: str
+    tracking: dict[str, Any]
+    created_at: datetime
+
+
+class DeliveryPublic(BaseModel):
+    id: str
+    idempotency_key: str
+    run_kind: Literal["flow", "campaign"]
+    run_id: str
+    step_id: str
+    workflow_id: str | None
+    profile_id: str
+    channel: Channel
+    status: Literal["sent", "skipped", "failed"]
+    # Skipped: exited, no_consent, smart_sending, capped, ...; failed: template_error, ...
+    reason: str | None
+    transactional: bool
+    provider: str | None
+    provider_message_id: str | None
+    to: str | None
+    subject: str | None
+    created_at: datetime
+    sent_at: datetime | None
+
+
+@router.get("/v1/outbox", summary="Messages the embedded outbox provider sent, newest first")
+def list_outbox(
+    engine: EngineDep,
+    _key: PrivateKey,
+    profile_id: Annotated[str | None, Query()] = None,
+    channel: Annotated[Channel | None, Query()] = None,
+    delivery_id: Annotated[str | None, Query()] = None,
+    limit: LimitQuery = 50,
+    cursor: CursorQuery = None,
+) -> Page[OutboxMessagePublic]:
+    stmt = select(OutboxMessage).order_by(OutboxMessage.id.desc()).limit(limit + 1)
+    if (before := decode_cursor(cursor)) is not None:
+        if not before.isdigit():
+            raise invalid("cursor", "not a cursor returned by this API")
+        stmt = stmt.where(OutboxMessage.id < int(before))
+    if profile_id is not None:
+        stmt = stmt.where(OutboxMessage.profile_id == profile_id)
+    if channel is not None:
+        stmt = stmt.where(OutboxMessage.channel == channel)
+    if delivery_id is not None:
+        stmt = stmt.where(OutboxMessage.delivery_id == delivery_id)
+    with session_scope(engine) as session:
+        rows = list(session.scalars(stmt))
+    page = rows[:limit]
+    return Page[OutboxMessagePublic](
+        data=[
+            OutboxMessagePublic.model_validate({**m.model_dump(), "to": m.to_address}) for m in page
+        ],
+        next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None,
+    )
+
+
+@router.get(
+    "/v1/deliveries",
+    summary="Delivery rows, newest first: what was sent, skipped or failed, and why",
+)
+def list_deliveries(
+    engine: EngineDep,
+    _key: PrivateKey,
+    profile_id: Annotated[str | None, Query()] = None,
+    run_kind: Annotated[Literal["flow", "campaign"] | None, Query()] = None,
+    run_id: Annotated[str | None, Query(description="flow id or campaign id")] = None,
+    step_id: Annotated[str | None, Query(description="flow step id or campaign message id")] = None,
+    status: Annotated[Literal["sent", "skipped", "failed"] | None, Query()] = None,
+    channel: Annotated[Channel | None, Query()] = None,
+    limit: LimitQuery = 50,
+    cursor: CursorQuery = None,
+) -> Page[DeliveryPublic]:
+    stmt = select(Delivery).order_by(Delivery.id.desc()).limit(limit + 1)
+    if (before := decode_cursor(cursor)) is not None:
+        stmt = stmt.where(Delivery.id < before)
+    filters = (
+        (Delivery.profile_id, profile_id),
+        (Delivery.run_kind, run_kind),
+        (Delivery.run_id, run_id),
+        (Delivery.step_id, step_id),
+        (Delivery.status, status),
+        (Delivery.channel, channel),
+    )
+    for column, value in filters:
+        if value is not None:
+            stmt = stmt.where(column == value)
+    with session_scope(engine) as session:
+        rows = list(session.scalars(stmt))
+    page = rows[:limit]
+    return Page[DeliveryPublic](
+        data=[DeliveryPublic.model_validate({**d.model_dump(), "to": d.to_address}) for d in page],
+        next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None,
+    )

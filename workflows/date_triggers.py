@@ -1,0 +1,93 @@
+"""DateTriggerWorkflow: started every hour by a Temporal Schedule to enrol date property flows.
+
+The schedule (`ensure_date_trigger_schedule`, called at worker start) fires at minute 0 of every
+hour (UTC) and skips a run while the previous one is still going. Each run passes the time it was
+scheduled for to `enrol_date_triggers`, so the activity never reads the wall clock: a run that
+starts late (a busy worker, a catch-up after the server was down) still checks the hour it was
+meant for.
+"""
+
+import contextlib
+from datetime import datetime, timedelta
+
+from temporalio import workflow
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+)
+from temporalio.common import RetryPolicy, SearchAttributeKey, TypedSearchAttributes
+
+with workflow.unsafe.imports_passed_through():
+    from activities.date_triggers import DateTriggerCounts
+    from herald.config import Settings
+    from herald.search_attributes import attributes
+
+DATE_TRIGGER_SCHEDULE_ID = "herald-date-triggers"
+# The schedule appends the scheduled time to this ID for each run.
+DATE_TRIGGER_WORKFLOW_ID = "herald/date-triggers"
+DATE_TRIGGER_CRON = "0 * * * *"  # minute 0 of every hour, UTC
+
+# Set by the server on every workflow a schedule starts.
+SCHEDULED_START_TIME = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
+
+# A run gives up before the next hour's run is due, so one stuck hour never blocks the next
+# (the overlap policy skips a run while the previous one is still open).
+ACTIVITY_DEADLINE = timedelta(minutes=50)
+RUN_TIMEOUT = timedelta(minutes=55)
+
+
+@workflow.defn(name="DateTriggers")
+class DateTriggerWorkflow:
+    @workflow.run
+    async def run(self) -> DateTriggerCounts:
+        return await workflow.execute_activity(
+            "enrol_date_triggers",
+            scheduled_time(),
+            result_type=DateTriggerCounts,
+            start_to_close_timeout=timedelta(minutes=10),
+            schedule_to_close_timeout=ACTIVITY_DEADLINE,
+            heartbeat_timeout=timedelta(minutes=2),
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(seconds=5),
+                backoff_coefficient=2.0,
+                maximum_interval=timedelta(minutes=2),
+            ),
+        )
+
+
+def scheduled_time() -> datetime:
+    """The time the schedule fired for (a manual trigger: when it was triggered), else now."""
+    return workflow.info().typed_search_attributes.get(SCHEDULED_START_TIME) or workflow.now()
+
+
+async def ensure_date_trigger_schedule(
+    client: Client, settings: Settings, schedule_id: str = DATE_TRIGGER_SCHEDULE_ID
+) -> None:
+    """Create the hourly schedule once; every worker calls this and all but the first no-op.
+
+    An existing schedule is left as it is (an operator may have paused it).
+    """
+    schedule = Schedule(
+        action=ScheduleActionStartWorkflow(
+            DateTriggerWorkflow.run,
+            id=DATE_TRIGGER_WORKFLOW_ID,
+            task_queue=settings.task_queue,
+            execution_timeout=RUN_TIMEOUT,
+            typed_search_attributes=(
+                attributes(kind="date_triggers")
+                if settings.search_attributes
+                else TypedSearchAttributes.empty
+            ),
+        ),
+        spec=ScheduleSpec(cron_expressions=[DATE_TRIGGER_CRON]),
+        policy=SchedulePolicy(
+            overlap=ScheduleOverlapPolicy.SKIP, catchup_window=timedelta(hours=1)
+        ),
+    )
+    with contextlib.suppress(ScheduleAlreadyRunningError):
+        await client.create_schedule(schedule_id, schedule)

@@ -1,0 +1,412 @@
+"""FlowEnrollmentWorkflow: one profile walking one version of a flow's step graph.
+
+Delays are durable timers raced against the exit signal, so a conversion ends the enrollment at
+once, not when the delay ends. The deliver activity checks the exit state in the database at send
+time as well, which closes the window between a conversion and its signal. Pure in-workflow steps
+(delays, trigger and random splits) are written to the timeline in batches, flushed by a local
+activity before each durable wait and at the end, to keep history short.
+"""
+
+from datetime import datetime, timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from activities.webhooks import (
+        WEBHOOK_RETRY_POLICY,
+        WEBHOOK_SCHEDULE_TO_CLOSE,
+        WEBHOOK_START_TO_CLOSE,
+        InternalAlertCall,
+        WebhookCall,
+        WebhookResult,
+    )
+    from herald import search_attributes as sa
+    from herald.enrollment import (
+        QUERY_STATE,
+        SIGNAL_APPROVE,
+        SIGNAL_EXIT,
+        SIGNAL_REJECT,
+        WORKFLOW_TYPE,
+        EnrollmentInput,
+        EnrollmentState,
+    )
+    from herald.flow_graph import (
+        ConditionalSplit,
+        ExitStep,
+        InternalAlert,
+        ListAction,
+        Message,
+        RandomSplit,
+        TimeDelay,
+        TriggerSplit,
+        UpdateProfile,
+        WaitForEvent,
+        WebhookStep,
+        delay_seconds,
+    )
+    from herald.flow_steps import (
+        ActionRequest,
+        CloseRequest,
+        ConditionRequest,
+        GateRequest,
+        StepRecord,
+    )
+    from herald.property_filters import event_matches
+    from herald.schedule import wake_time
+    from models.delivery_dto import DeliveryRequest, DeliveryResult
+
+SIGNAL_EVENT = "event"  # arg: metric name the profile just performed (wait-for-event steps)
+
+_LOCAL = {"start_to_close_timeout": timedelta(seconds=30)}
+# Sending must not give up on a provider or database outage; skips are results, not errors.
+_DELIVER_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=5),
+)
+
+
+@workflow.defn(name=WORKFLOW_TYPE)
+class FlowEnrollmentWorkflow:
+    def __init__(self) -> None:
+        self.input: EnrollmentInput | None = None
+        self.exit_reason: str | None = None
+        self.decisions: dict[str, str] = {}
+        self.metrics_seen: set[str] = set()
+        self.current_step: str | None = None
+        self.path: list[str] = []
+        self.next_wake_at: datetime | None = None
+        self.waiting_for: str | None = None
+        self.status = "running"
+        self.records: list[StepRecord] = []
+
+    # ---- signals and query ---------------------------------------------------------------------
+
+    @workflow.signal(name=SIGNAL_EXIT)
+    def exit(self, reason: str) -> None:
+        if self.exit_reason is None:
+            self.exit_reason = reason
+
+    @workflow.signal(name=SIGNAL_APPROVE)
+    def approve(self, step_id: str) -> None:
+        self.decisions.setdefault(step_id, "approved")
+
+    @workflow.signal(name=SIGNAL_REJECT)
+    def reject(self, step_id: str) -> None:
+        self.decisions.setdefault(step_id, "rejected")
+
+    @workflow.signal(name=SIGNAL_EVENT)
+    def event(self, metric: str) -> None:
+        self.metrics_seen.add(metric)
+
+    @workflow.query(name=QUERY_STATE)
+    def state(self) -> EnrollmentState:
+        assert self.input is not None
+        return EnrollmentState(
+            flow_id=self.input.flow_id,
+            version=self.input.version,
+            profile_id=self.input.profile_id,
+            current_step=self.current_step,
+            status=self.status,
+            next_wake_at=self.next_wake_at,
+            waiting_for=self.waiting_for,
+            path=list(self.path),
+            exit_reason=self.exit_reason,
+        )
+
+    # ---- the walk ------------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, params: EnrollmentInput) -> EnrollmentState:
+        self.input = params
+        definition = params.definition
+        self._record(definition.entry_step, "entry", "entered")
+        step_id: str | None = definition.entry_step
+        while step_id is not None and self.exit_reason is None:
+            step = definition.step(step_id)
+            self.current_step = step_id
+            self.path.append(step_id)
+            if params.search_attributes:
+                workflow.upsert_search_attributes([sa.STEP.value_set(step_id)])
+            step_id = await self._run_step(step)
+        self.status = _final_status(self.exit_reason)
+        self.waiting_for = None
+        self.next_wake_at = None
+        await workflow.execute_local_activity(
+            "close_enrollment",
+            CloseRequest(
+                workflow_id=workflow.info().workflow_id,
+                status=self.status,
+                exit_reason=self.exit_reason,
+                step_id=self.current_step,
+                at=workflow.now(),
+                records=self._take_records(),
+            ),
+            **_LOCAL,
+        )
+        return self.state()
+
+    async def _run_step(self, step) -> str | None:
+        if isinstance(step, TimeDelay):
+            tz = self.input.timezone
+            if await self._sleep_until(wake_time(workflow.now(), step, tz), "timer"):
+                return None
+            self._record(step.id, step.type, "processed")
+            return step.next
+        if isinstance(step, WaitForEvent):
+            return await self._wait_for_event(step)
+        if isinstance(step, Message):
+            await self._message(step)
+            return step.next
+        if isinstance(step, ConditionalSplit):
+            holds = await workflow.execute_local_activity(
+                "evaluate_conditions",
+                ConditionRequest(
+                    profile_id=self.input.profile_id,
+                    conditions=step.conditions,
+                    records=self._take_records(),
+                ),
+                result_type=bool,
+                **_LOCAL,
+            )
+            self._record(step.id, step.type, "processed", detail={"branch": _yes_no(holds)})
+            return step.yes if holds else step.no
+        if isinstance(step, TriggerSplit):
+            trigger = self.input.trigger
+            holds = event_matches(trigger.properties, trigger.value, step.conditions)
+            self._record(step.id, step.type, "processed", detail={"branch": _yes_no(holds)})
+            return step.yes if holds else step.no
+        if isinstance(step, RandomSplit):
+            # workflow.random() is replay-safe: the branch is fixed for this enrollment.
+            pick = workflow.random().uniform(0, sum(b.weight for b in step.branches))
+            for index, branch in enumerate(step.branches):
+                pick -= branch.weight
+                if pick < 0 or index == len(step.branches) - 1:
+                    self._record(step.id, step.type, "processed", detail={"branch": index})
+                    return branch.next
+        if isinstance(step, UpdateProfile | ListAction):
+            await self._action(step, "apply_profile_action")
+            return step.next
+        if isinstance(step, WebhookStep | InternalAlert):
+            await self._webhook(step)
+            return step.next
+        if isinstance(step, ExitStep):
+            self._record(step.id, step.type, "processed")
+            self.exit_reason = self.exit_reason or "exit_step"
+            return None
+        raise AssertionError(f"unknown step type {step!r}")
+
+    async def _sleep_until(self, until: datetime, waiting_for: str) -> bool:
+        """Sleeps until `until`; True when the enrollment exited meanwhile."""
+        await self._flush()
+        self.next_wake_at, self.waiting_for = until, waiting_for
+        try:
+            remaining = (until - workflow.now()).total_seconds()
+            if remaining > 0:
+                await workflow.wait_condition(
+                    lambda: self.exit_reason is not None, timeout=timedelta(seconds=remaining)
+                )
+        except TimeoutError:
+            pass
+        finally:
+            self.next_wake_at, self.waiting_for = None, None
+        return self.exit_reason is not None
+
+    async def _wait_for_event(self, step: WaitForEvent) -> str | None:
+        await self._flush()
+        timeout = timedelta(seconds=delay_seconds(step.timeout_amount, step.timeout_unit))
+        self.next_wake_at, self.waiting_for = workflow.now() + timeout, "event"
+        try:
+            await workflow.wait_condition(
+                lambda: self.exit_reason is not None or step.metric in self.metrics_seen,
+                timeout=timeout,
+            )
+        except TimeoutError:
+            pass
+        finally:
+            self.next_wake_at, self.waiting_for = None, None
+        if self.exit_reason is not None:
+            return None
+        happened = step.metric in self.metrics_seen
+        self._record(step.id, step.type, "processed", detail={"event": happened})
+        return step.on_event if happened else step.on_timeout
+
+    async def _message(self, step: Message) -> None:
+        wid = workflow.info().workflow_id
+        gate = await workflow.execute_local_activity(
+            "prepare_message",
+            GateRequest(
+                workflow_id=wid,
+                flow_id=self.input.flow_id,
+                profile_id=self.input.profile_id,
+                step_id=step.id,
+                channel=step.channel,
+                message_status=step.status,
+                at=workflow.now(),
+                records=self._take_records(),
+            ),
+            result_type=str,
+            **_LOCAL,
+        )
+        if gate != "send":
+            if gate != "queue":  # draft message or flow: skipped, the walk goes on
+                self._record(step.id, step.type, "skipped", reason=gate)
+                return
+            self.waiting_for = "review"
+            await workflow.wait_condition(
+                lambda: self.exit_reason is not None or step.id in self.decisions
+            )
+            self.waiting_for = None
+            if self.exit_reason is not None:
+                return
+            if self.decisions[step.id] == "rejected":
+                self._record(step.id, step.type, "skipped", reason="rejected")
+                return
+        request = DeliveryRequest(
+            idempotency_key=f"flow:{wid}:{step.id}",
+            run_kind="flow",
+            run_id=self.input.flow_id,
+            step_id=step.id,
+            workflow_id=wid,
+            profile_id=self.input.profile_id,
+            channel=step.channel,
+            content=step.content,
+            smart_sending=step.smart_sending,
+            transactional=step.transactional,
+            context={
+                "event": self.input.trigger.model_dump(mode="json"),
+                "flow": {"id": self.input.flow_id, "name": self.input.flow_name},
+            },
+            filters=self.input.definition.filters,
+            segment_id=getattr(self.input.definition.trigger, "segment_id", None),
+        )
+        while True:
+            result = await workflow.execute_activity(
+                "deliver",
+                request,
+                result_type=DeliveryResult,
+                start_to_close_timeout=timedelta(minutes=2),
+                retry_policy=_DELIVER_RETRY,
+            )
+            if result.status != "held":
+                break
+            # Quiet hours: wait (exit-aware) until the window opens, then ask again.
+            self._record(step.id, step.type, "held", reason="quiet_hours")
+            if await self._sleep_until(result.hold_until, "quiet_hours"):
+                return
+        if result.status == "sent":
+            self._record(step.id, step.type, "processed")
+        else:
+            self._record(step.id, step.type, result.status, reason=result.reason)
+            if result.reason == "filter":
+                self.exit_reason = self.exit_reason or "filter"
+            elif result.reason == "exited":
+                self.exit_reason = self.exit_reason or "exited"
+
+    async def _action(self, step, activity: str) -> None:
+        outcome = await workflow.execute_local_activity(
+            activity,
+            ActionRequest(
+                workflow_id=workflow.info().workflow_id,
+                profile_id=self.input.profile_id,
+                step=step,
+                trigger=self.input.trigger,
+                flow_id=self.input.flow_id,
+                flow_name=self.input.flow_name,
+                records=self._take_records(),
+            ),
+            result_type=str,
+            **_LOCAL,
+        )
+        if outcome == "done":
+            self._record(step.id, step.type, "processed")
+        else:
+            self._record(step.id, step.type, "skipped", reason=outcome)
+
+    async def _webhook(self, step) -> None:
+        wid = workflow.info().workflow_id
+        is_webhook = isinstance(step, WebhookStep)
+        call = await workflow.execute_local_activity(
+            "prepare_webhook",
+            ActionRequest(
+                workflow_id=wid,
+                profile_id=self.input.profile_id,
+                step=step,
+                trigger=self.input.trigger,
+                flow_id=self.input.flow_id,
+                flow_name=self.input.flow_name,
+                records=self._take_records(),
+            ),
+            result_type=WebhookCall if is_webhook else InternalAlertCall,
+            **_LOCAL,
+        )
+        # Retries may take up to a day: show operators (and tests) what the run waits for.
+        self.waiting_for = "webhook"
+        result = await workflow.execute_activity(
+            "call_webhook" if is_webhook else "send_internal_alert",
+            call,
+            result_type=WebhookResult,
+            schedule_to_close_timeout=WEBHOOK_SCHEDULE_TO_CLOSE,
+            start_to_close_timeout=WEBHOOK_START_TO_CLOSE,
+            retry_policy=WEBHOOK_RETRY_POLICY,
+        )
+        self.waiting_for = None
+        if result.status == "delivered":
+            self._record(
+                step.id, step.type, "processed", detail={"http_status": result.http_status}
+            )
+        else:
+            self._record(step.id, step.type, "skipped", reason=result.reason)
+
+    # ---- timeline ------------------------------------------------------------------------------
+
+    def _record(
+        self,
+        step_id: str,
+        step_type: str,
+        outcome: str,
+        reason: str | None = None,
+        detail: dict | None = None,
+    ) -> None:
+        self.records.append(
+            StepRecord(
+                step_id=step_id,
+                step_type=step_type,
+                outcome=outcome,
+                reason=reason,
+                detail=detail or {},
+                at=workflow.now(),
+            )
+        )
+
+    def _take_records(self) -> list[StepRecord]:
+        records, self.records = self.records, []
+        return records
+
+    async def _flush(self) -> None:
+        if not self.records:
+            return
+        await workflow.execute_local_activity(
+            "record_steps",
+            CloseRequest(
+                workflow_id=workflow.info().workflow_id,
+                status="running",
+                step_id=self.current_step,
+                at=workflow.now(),
+                records=self._take_records(),
+            ),
+            **_LOCAL,
+        )
+
+
+def _yes_no(holds: bool) -> str:
+    return "yes" if holds else "no"
+
+
+def _final_status(exit_reason: str | None) -> str:
+    if exit_reason is None:
+        return "completed"
+    if exit_reason in ("operator", "flow_deleted"):
+        return "cancelled"
+    return "exited"
