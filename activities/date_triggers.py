@@ -33,6 +33,7 @@ from activities.flow_routing import FlowRoutingHandler, _Effects
 from herald.db import session_scope
 from herald.enrollment import TriggerContext
 from herald.flow_graph import DatePropertyTrigger
+from herald.property_filters import MISSING, lookup
 from models.account import Account
 from models.flows import Flow
 from models.profile import Profile
@@ -118,14 +119,8 @@ def _zone(name: str | None) -> ZoneInfo | None:
 
 def _property_value(properties: dict[str, Any], path: str) -> Any:
     """A key of `properties`, or a dotted path into it (a literal key with dots wins)."""
-    if path in properties:
-        return properties[path]
-    current: Any = properties
-    for part in path.split("."):
-        if not isinstance(current, dict) or part not in current:
-            return None
-        current = current[part]
-    return current
+    value = lookup(properties, path)
+    return None if value is MISSING else value
 
 
 # ---- the activity -------------------------------------------------------------------------------

@@ -227,7 +227,7 @@ class WebhookActivities:
         )
         fields = {"workflow_id": alert.workflow_id, "step_id": alert.step_id}
         try:
-            await smtp._submit(email)
+            await smtp.submit(email)
         except ProviderRejected as exc:
             log.warning("internal_alert_rejected", error=str(exc), **fields)
             return WebhookResult(status="skipped", reason=f"smtp_rejected: {exc}")

@@ -134,7 +134,6 @@ class SmtpProvider:
             raise ProviderUnavailable(f"SMTP server {s.smtp_host}:{s.smtp_port}: {exc}") from exc
 
     # activities/webhooks.py (internal alerts) still calls the old name; it goes once it moves.
-    _submit = submit
 
 
 def providers_for(settings: Settings) -> dict[Channel, ChannelProvider]:

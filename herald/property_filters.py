@@ -9,7 +9,7 @@ from typing import Any
 
 from herald.flow_graph import PropertyFilter
 
-_MISSING = object()
+MISSING = object()  # what lookup() returns for an absent path
 
 
 def lookup(data: dict[str, Any], path: str) -> Any:
@@ -19,7 +19,7 @@ def lookup(data: dict[str, Any], path: str) -> Any:
     current: Any = data
     for part in path.split("."):
         if not isinstance(current, dict) or part not in current:
-            return _MISSING
+            return MISSING
         current = current[part]
     return current
 
@@ -38,7 +38,7 @@ def _number(value: Any) -> float | None:
 
 
 def compare(actual: Any, operator: str, expected: Any) -> bool:
-    present = actual is not _MISSING and actual is not None
+    present = actual is not MISSING and actual is not None
     if operator == "is_set":
         return present
     if operator == "not_set":
