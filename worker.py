@@ -64,6 +64,7 @@ def build_worker(
             flows.close_enrollment,
             flows.evaluate_conditions,
             flows.prepare_message,
+            flows.review_decision,
             flows.apply_profile_action,
             flows.prepare_webhook,
             delivery.deliver,

@@ -6,7 +6,7 @@ since its last activity (insert-or-ignore on workflow+step+outcome, so retries a
 
 import json
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlmodel import Session
 from temporalio import activity
 
@@ -148,6 +148,21 @@ class FlowActivities:
                 [_queued(request)],
             )
             return "queue"
+
+    @activity.defn(name="review_decision")
+    def review_decision(self, request: GateRequest) -> str:
+        """approved | rejected | pending, or cancelled when the enrollment itself has ended."""
+        with session_scope(self.engine) as session:
+            row = session.get(FlowEnrollment, request.workflow_id)
+            if row is None or row.status != "running":
+                return "cancelled"
+            item = session.execute(
+                select(ReviewItem.status).where(
+                    ReviewItem.workflow_id == request.workflow_id,
+                    ReviewItem.step_id == request.step_id,
+                )
+            ).scalar()
+            return item or "pending"
 
     @activity.defn(name="apply_profile_action")
     def apply_profile_action(self, request: ActionRequest) -> str:

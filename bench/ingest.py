@@ -19,26 +19,18 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import httpx
+from common import RESULTS, Connection, Stack, percentile
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from herald.config import Settings
-from herald.devstack import find_binary
-
-RESULTS = Path(__file__).parent / "results"
 
 TARGET_BATCHED_EPS = 5_000
 TARGET_SINGLE_EPS = 800
@@ -63,51 +55,6 @@ class Phase:
     @property
     def requests_per_second(self) -> float:
         return self.requests / self.seconds
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-class Connection:
-    """A keep-alive HTTP/1.1 connection on raw asyncio streams.
-
-    httpx costs about a millisecond of CPU per request, as much as the server's own work; on a
-    2-core machine a heavy load generator would measure itself. This one only frames bytes.
-    """
-
-    def __init__(self, host: str, port: int, headers: dict[str, str]) -> None:
-        self.host, self.port = host, port
-        self.head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def request(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        extra = f"content-type: application/json\r\ncontent-length: {len(body)}\r\n" if body else ""
-        self.writer.write(
-            f"{method} {path} HTTP/1.1\r\nhost: {self.host}\r\n{self.head}{extra}\r\n".encode()
-            + (body or b"")
-        )
-        status_line = await self.reader.readline()
-        length = 0
-        while (line := await self.reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.decode().partition(":")
-            if name.lower() == "content-length":
-                length = int(value)
-        return int(status_line.split()[1]), await self.reader.readexactly(length)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 async def drive(stack: "Stack", key: str, name: str, total: int, concurrency: int, make) -> Phase:
@@ -157,60 +104,6 @@ def event(run: str, i: int) -> dict:
         "properties": {"sku": f"SKU-{i % 97}", "price": 19.5},
         "unique_id": f"{run}-{i}",
     }
-
-
-class Stack:
-    """`herald dev` on free ports with its own data dir; stopped with SIGTERM like Ctrl-C."""
-
-    def __init__(self, database_url: str | None) -> None:
-        self.data_dir = Path(tempfile.mkdtemp(prefix="herald-bench-"))
-        self.api_port = free_port()
-        env = {
-            **os.environ,
-            "HERALD_DATA_DIR": str(self.data_dir),
-            "HERALD_DEV_TEMPORAL_PORT": str(free_port()),
-            "HERALD_TEMPORAL_UI_PORT": str(free_port()),
-            "HERALD_API_PORT": str(self.api_port),
-            "HERALD_WORKER_METRICS_PORT": str(free_port()),
-            "HERALD_LOG_LEVEL": "WARNING",
-        }
-        for name in ("TEMPORAL_ADDRESS", "HERALD_TEMPORAL_ADDRESS", "HERALD_DATABASE_URL"):
-            env.pop(name, None)
-        if database_url:
-            env["HERALD_DATABASE_URL"] = database_url
-        self.proc = subprocess.Popen(
-            [find_binary("herald"), "dev"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            # The stack's own logs (Temporal is chatty) go to a file, not over the table.
-            stderr=open(self.data_dir.parent / f"{self.data_dir.name}.log", "w"),  # noqa: SIM115
-            start_new_session=True,
-        )
-        self.base = f"http://127.0.0.1:{self.api_port}"
-        deadline = time.monotonic() + 120
-        keys_file = self.data_dir / "dev-keys.json"
-        while True:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"herald dev exited with {self.proc.returncode}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise SystemExit("herald dev did not become ready in 120 s")
-            try:
-                if keys_file.exists() and httpx.get(f"{self.base}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.keys = json.loads(keys_file.read_text())
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
 async def routing_status(stack: "Stack") -> dict:

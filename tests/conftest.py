@@ -101,6 +101,10 @@ class Database:
             for table in _TRANSIENT_TABLES:
                 conn.execute(text(f"DELETE FROM {table}"))
 
+    def execute(self, sql: str, **params) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(text(sql), params)
+
     def scalar(self, sql: str, **params):
         with self.engine.connect() as conn:
             return conn.execute(text(sql), params).scalar()

@@ -215,3 +215,13 @@ async def test_a_webhook_step_retries_5xx_and_skips_on_4xx(hook_world, hook_serv
     )
     assert [tuple(r) for r in skipped] == [("skipped", "http_404")]
     assert [s[0] for s in world.sent(unlucky)] == ["after"], "a skipped webhook does not stop"
+
+
+async def test_a_review_decision_whose_signal_was_lost_is_picked_up_from_the_database(world):
+    world.flow(metric_flow(email("first", "one")), status="manual")
+    shopper = world.profile("lost-signal@example.com")
+    await world.event("Started Checkout", shopper, "cart-6")
+    # What the API does first; here its signal never arrives.
+    world.db.execute("UPDATE review_item SET status = 'approved'")
+    await world.advance(timedelta(hours=6))
+    assert [s[0] for s in world.sent(shopper)] == ["first"]

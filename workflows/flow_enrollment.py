@@ -59,6 +59,7 @@ with workflow.unsafe.imports_passed_through():
 SIGNAL_EVENT = "event"  # arg: metric name the profile just performed (wait-for-event steps)
 
 _LOCAL = {"start_to_close_timeout": timedelta(seconds=30)}
+_REVIEW_RECHECK = timedelta(hours=6)
 # Sending must not give up on a provider or database outage; skips are results, not errors.
 _DELIVER_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -253,11 +254,7 @@ class FlowEnrollmentWorkflow:
             if gate != "queue":  # draft message or flow: skipped, the walk goes on
                 self._record(step.id, step.type, "skipped", reason=gate)
                 return
-            self.waiting_for = "review"
-            await workflow.wait_condition(
-                lambda: self.exit_reason is not None or step.id in self.decisions
-            )
-            self.waiting_for = None
+            await self._await_review(step.id)
             if self.exit_reason is not None:
                 return
             if self.decisions[step.id] == "rejected":
@@ -303,6 +300,37 @@ class FlowEnrollmentWorkflow:
                 self.exit_reason = self.exit_reason or "filter"
             elif result.reason == "exited":
                 self.exit_reason = self.exit_reason or "exited"
+
+    async def _await_review(self, step_id: str) -> None:
+        """Waits for the operator's decision. The API signals it, and also records it in the
+        database first; re-reading that every few hours covers a signal that never arrived."""
+        self.waiting_for = "review"
+        while self.exit_reason is None and step_id not in self.decisions:
+            try:
+                await workflow.wait_condition(
+                    lambda: self.exit_reason is not None or step_id in self.decisions,
+                    timeout=_REVIEW_RECHECK,
+                )
+            except TimeoutError:
+                decision = await workflow.execute_local_activity(
+                    "review_decision",
+                    GateRequest(
+                        workflow_id=workflow.info().workflow_id,
+                        flow_id=self.input.flow_id,
+                        profile_id=self.input.profile_id,
+                        step_id=step_id,
+                        channel="email",
+                        message_status=None,
+                        at=workflow.now(),
+                    ),
+                    result_type=str,
+                    **_LOCAL,
+                )
+                if decision in ("approved", "rejected"):
+                    self.decisions.setdefault(step_id, decision)
+                elif decision in ("cancelled", "exited"):
+                    self.exit_reason = self.exit_reason or "operator"
+        self.waiting_for = None
 
     async def _action(self, step, activity: str) -> None:
         outcome = await workflow.execute_local_activity(
