@@ -35,9 +35,7 @@ class Touch:
         try:
             db.execute("PRAGMA synchronous=NORMAL")
             with db:
-                db.execute(
-                    "INSERT OR IGNORE INTO touch VALUES (?, ?)", (workflow_id, time.time())
-                )
+                db.execute("INSERT OR IGNORE INTO touch VALUES (?, ?)", (workflow_id, time.time()))
         finally:
             db.close()
 

@@ -19,6 +19,33 @@ def _show(title: str, response: httpx.Response) -> dict:
     return response.json() if response.content else {}
 
 
+THANK_YOU = {
+    "name": "Thank you (demo)",
+    "status": "live",
+    "trigger": {"type": "metric", "metric": "Placed Order"},
+    "reentry": {"mode": "every_time"},
+    "steps": [
+        {
+            "id": "thank-you",
+            "type": "message",
+            "channel": "email",
+            "content": {
+                "subject": "Thanks for your order, {{ profile.first_name }}",
+                "body": "Order {{ event.unique_id }}: {{ event.value }} received.",
+            },
+            "next": "wait-7-days",
+        },
+        {"id": "wait-7-days", "type": "time_delay", "amount": 7, "unit": "days", "next": "review"},
+        {
+            "id": "review",
+            "type": "message",
+            "channel": "email",
+            "content": {"subject": "How is your order?", "body": "Tell us what you think."},
+        },
+    ],
+}
+
+
 def run_demo(base: str, private_key: str, write_key: str, temporal_address: str) -> None:
     admin = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {private_key}"})
     ingest = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {write_key}"})
@@ -44,6 +71,9 @@ def run_demo(base: str, private_key: str, write_key: str, temporal_address: str)
         "added Ada and Grace to the list",
         admin.post(f"/v1/lists/{vip['id']}/members", json={"profile_ids": ids[:2]}),
     )
+    flows = admin.get("/v1/flows", params={"limit": 200}).json()["data"]
+    if not any(f["name"] == THANK_YOU["name"] for f in flows):
+        _show("flow: thank-you email after every order", admin.post("/v1/flows", json=THANK_YOU))
     order = {
         "metric": "Placed Order",
         "profile": {"email": "ada@example.com"},
@@ -78,22 +108,29 @@ def run_demo(base: str, private_key: str, write_key: str, temporal_address: str)
             break
         time.sleep(0.5)
     print(f"  routing: {status['routed']} routed, {status['pending']} pending")
+    messages = []
+    while time.monotonic() < deadline and not messages:
+        messages = admin.get("/v1/outbox", params={"profile_id": ids[0]}).json()["data"]
+        time.sleep(0.3)
+    for message in messages[:1]:
+        print(f"  outbox -> {message['to']}: {message['subject']!r} / {message['body']!r}")
     profile = admin.get(f"/v1/profiles/{ids[0]}").json()
     print(f"  Ada's metrics (maintained by the router): {profile['metrics']}")
-    print("\n  temporal workflow list --query \"HeraldKind='router'\":")
-    listing = subprocess.run(
-        [
-            find_binary("temporal"),
-            "workflow",
-            "list",
-            "--address",
-            temporal_address,
-            "--query",
-            "HeraldKind='router'",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    print("    " + (listing.stdout or listing.stderr).strip().replace("\n", "\n    "))
+    for kind in ("router", "flow"):
+        print(f"\n  temporal workflow list --query \"HeraldKind='{kind}'\":")
+        listing = subprocess.run(
+            [
+                find_binary("temporal"),
+                "workflow",
+                "list",
+                "--address",
+                temporal_address,
+                "--query",
+                f"HeraldKind='{kind}'",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        print("    " + (listing.stdout or listing.stderr).strip().replace("\n", "\n    "))
     print("== demo done ==\n", flush=True)

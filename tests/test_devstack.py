@@ -76,6 +76,9 @@ def test_dev_stack_runs_the_demo_and_keeps_data_across_restarts(tmp_path):
     assert "accepted 3, duplicates 0, rejected 1" in output
     assert "routing: 6 routed, 0 pending" in output
     assert re.search(r"Running\s+herald/router\s+EventRouter", output)
+    # The demo's thank-you flow: one enrollment per order, its first email in the outbox.
+    assert "outbox -> ada@example.com: 'Thanks for your order, Ada'" in output
+    assert re.search(r"Running\s+flow/fl_\w+/\w+/demo-order-1001\s+FlowEnrollment", output)
     private_key = re.search(r"Private key (\S+)", output).group(1)
 
     second = start()
@@ -86,6 +89,7 @@ def test_dev_stack_runs_the_demo_and_keeps_data_across_restarts(tmp_path):
     assert f"Private key {private_key}" in again  # keys are reused, not recreated
     assert "first: duplicate, second: duplicate" in again  # the data survived the restart
     assert "accepted 0, duplicates 3, rejected 1" in again
+    assert again.count("FlowEnrollment") == 1  # the re-sent order did not enrol again
 
 
 def test_keys_create_prints_a_key_that_is_stored_only_as_a_digest(database, monkeypatch):

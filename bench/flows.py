@@ -1,0 +1,700 @@
+"""Flows benchmark: enrollment life cycle vs a bare Temporal baseline, exit latency, worker memory.
+
+It starts the whole embedded stack with `herald dev` (Temporal dev server on SQLite + WAL, the
+worker and the API: exactly what `make run` starts) on free ports in a temporary data dir, creates
+one live flow through the API
+
+    trigger "Started Checkout" -> m1 email (smart sending off) -> d1 wait 1 day -> m2 email
+    exit on "Placed Order"
+
+and measures, in one run:
+
+1. Enrollment throughput. N profiles (email consent subscribed) each get a Started Checkout
+   event (batches of --batch-size over --concurrency connections); clock from the first POST
+   until the last first message is in the outbox; then N Placed Order events, clock from the
+   first POST until the last enrollment workflow closed (Temporal's close time). The rate is N
+   over the sum of both spans. The baseline, on the same dev server in the same run, is a bare
+   workflow (bench/baseline.py: start, one activity writing one SQLite row, wait for a signal)
+   whose worker runs in its own process like Herald's: N starts with the same concurrency, the
+   clock stops when the last activity wrote its row; then N signals, until the last one closed.
+   Target: Herald >= 0.8x the baseline.
+2. Exit latency. With --sleeping enrollments waiting in the delay, --samples Placed Order events
+   are sent one at a time (POST /v1/events); per event: 202 received -> the enrollment row
+   leaves 'running' (the SQLite file polled read-only every 5 ms), plus -> the router claimed the
+   event and -> Temporal's close time of the workflow (describe). Target: p99 < 250 ms.
+3. Worker memory. Enrollments are added until --memory-enrollments sleep in the delay (progress
+   on stderr; a few minutes for 10,000 on 2 cores); VmRSS of the `herald worker` process (a
+   child of `herald dev`). Target: < 400 MB. 0 skips it.
+
+It prints one table per measurement with targets marked met/MISSED and writes the raw numbers to
+bench/results/flows-<timestamp>.json. Usage:
+
+    make bench-flows      # or: .venv/bin/python bench/flows.py [--enrollments 500]
+        [--sleeping 1000] [--samples 200] [--memory-enrollments 10000] [--concurrency 8]
+        [--batch-size 100] [--keep-log]
+
+The database is read directly (sqlite3, read-only) to see progress: cheaper than polling the API,
+and the API would compete for the same CPU as what is measured.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from common import RESULTS, Connection, Stack, percentile
+
+TARGET_RATIO = 0.8
+TARGET_EXIT_P99_MS = 250
+TARGET_WORKER_RSS_MB = 400
+BASELINE_QUEUE = "bench-baseline"
+
+TRIGGER, CONVERSION = "Started Checkout", "Placed Order"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def flow_body(name: str) -> dict:
+    def message(step_id: str, subject: str, nxt: str | None) -> dict:
+        return {
+            "id": step_id,
+            "type": "message",
+            "channel": "email",
+            "smart_sending": False,
+            "content": {"subject": subject, "body": "hi {{ profile.email }}"},
+            "next": nxt,
+        }
+
+    return {
+        "name": name,
+        "status": "live",
+        "trigger": {"type": "metric", "metric": TRIGGER},
+        "exit_metric": CONVERSION,
+        "steps": [
+            message("m1", "You left something behind", "d1"),
+            {"id": "d1", "type": "time_delay", "amount": 1, "unit": "days", "next": "m2"},
+            message("m2", "Still thinking about it?", None),
+        ],
+    }
+
+
+def sqlite_epoch(value: str) -> float:
+    """A naive-UTC datetime as SQLite stores it, as a Unix timestamp."""
+    return datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp()
+
+
+async def poll(check, every: float, give_up_after: float = 600) -> None:
+    """Until `check()` (a function or coroutine function) is true."""
+    deadline = time.monotonic() + give_up_after
+    while True:
+        ok = check()
+        if asyncio.iscoroutine(ok):
+            ok = await ok
+        if ok:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"gave up after {give_up_after:.0f} s")
+        await asyncio.sleep(every)
+
+
+class Db:
+    """Read-only view of Herald's SQLite file: WAL readers never block the writer."""
+
+    def __init__(self, path: Path) -> None:
+        self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+
+    def scalar(self, sql: str, *params):
+        return self.conn.execute(sql, params).fetchone()[0]
+
+    def rows(self, sql: str, *params) -> list[tuple]:
+        return self.conn.execute(sql, params).fetchall()
+
+
+class Run:
+    """The stack, its keys, the flow and helpers shared by the phases."""
+
+    def __init__(self, stack: Stack, args: argparse.Namespace) -> None:
+        self.stack = stack
+        self.args = args
+        self.tag = uuid.uuid4().hex[:8]
+        self.db = Db(stack.sqlite_path)
+        self.flow_id = ""
+        self.client = None  # temporalio Client, connected in start()
+
+    async def start(self) -> None:
+        from temporalio.client import Client
+
+        self.client = await Client.connect(self.stack.temporal_address)
+        conn = self.private()
+        status, body = await conn.json("POST", "/v1/flows", flow_body(f"bench {self.tag}"))
+        conn.close()
+        if status != 201:
+            raise SystemExit(f"creating the flow failed: {status} {body}")
+        self.flow_id = body["id"]
+
+    def private(self) -> Connection:
+        key = self.stack.keys["private_key"]
+        return Connection("127.0.0.1", self.stack.api_port, {"authorization": f"Bearer {key}"})
+
+    def ingest(self) -> Connection:
+        key = self.stack.keys["write_key"]
+        return Connection("127.0.0.1", self.stack.api_port, {"authorization": f"Bearer {key}"})
+
+    # ---- setup -------------------------------------------------------------------------------
+
+    async def profiles(self, phase: str, count: int) -> list[tuple[str, str]]:
+        """`count` new profiles with email consent subscribed: [(email, profile id)]."""
+        emails = [f"{phase}-{self.tag}-{i}@bench.example.com" for i in range(count)]
+        out: dict[int, str] = {}
+        todo = iter(range(count))
+        last_log = time.monotonic()
+
+        async def worker() -> None:
+            nonlocal last_log
+            conn = self.private()
+            try:
+                for i in todo:
+                    status, body = await conn.json(
+                        "POST", "/v1/profiles/upsert", {"email": emails[i]}
+                    )
+                    if status >= 300:
+                        raise RuntimeError(f"upsert {emails[i]}: {status} {body}")
+                    status, body2 = await conn.json(
+                        "PUT", f"/v1/profiles/{body['id']}/consent/email", {"status": "subscribed"}
+                    )
+                    if status >= 300:
+                        raise RuntimeError(f"consent {body['id']}: {status} {body2}")
+                    out[i] = body["id"]
+                    if count >= 2_000 and time.monotonic() - last_log > 10:
+                        last_log = time.monotonic()
+                        log(f"  {phase}: {len(out)}/{count} profiles with consent")
+            finally:
+                conn.close()
+
+        await asyncio.gather(*(worker() for _ in range(16)))
+        return [(emails[i], out[i]) for i in range(count)]
+
+    async def post_events(self, metric: str, emails: list[str], prefix: str) -> float:
+        """One `metric` event per email, in batches; returns the wall time of the first POST."""
+        size = self.args.batch_size
+        batches = [
+            json.dumps(
+                {
+                    "events": [
+                        {
+                            "metric": metric,
+                            "profile": {"email": e},
+                            "unique_id": f"{prefix}-{self.tag}-{start + j}",
+                        }
+                        for j, e in enumerate(emails[start : start + size])
+                    ]
+                }
+            ).encode()
+            for start in range(0, len(emails), size)
+        ]
+        todo = iter(batches)
+        first = time.time()
+
+        async def worker() -> None:
+            conn = self.ingest()
+            try:
+                for body in todo:
+                    status, raw = await conn.request("POST", "/v1/events/batch", body)
+                    result = json.loads(raw)
+                    if status != 202 or result.get("accepted") != body.count(b'"metric"'):
+                        raise RuntimeError(f"batch refused: {status} {raw[:300]!r}")
+            finally:
+                conn.close()
+
+        await asyncio.gather(*(worker() for _ in range(self.args.concurrency)))
+        return first
+
+    # ---- observation -------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """Progress of this flow, read from Herald's database."""
+        fid = self.flow_id
+        return {
+            "enrolled": self.db.scalar("SELECT count(*) FROM flow_enrollment WHERE flow_id=?", fid),
+            "running": self.db.scalar(
+                "SELECT count(*) FROM flow_enrollment WHERE flow_id=? AND status='running'", fid
+            ),
+            "closed": self.db.scalar(
+                "SELECT count(*) FROM flow_enrollment WHERE flow_id=? AND status!='running'", fid
+            ),
+            "m1": self.db.scalar(
+                "SELECT count(*) FROM delivery WHERE run_id=? AND step_id='m1'", fid
+            ),
+            "m1_sent": self.db.scalar(
+                "SELECT count(*) FROM delivery WHERE run_id=? AND step_id='m1' AND status='sent'",
+                fid,
+            ),
+            # Written by the local activity that runs right before the delay's timer starts.
+            "sleeping": self.db.scalar(
+                "SELECT count(*) FROM enrollment_step s JOIN flow_enrollment e "
+                "ON e.workflow_id = s.workflow_id WHERE s.flow_id=? AND s.step_id='m1' "
+                "AND s.outcome='processed' AND e.status='running'",
+                fid,
+            ),
+            "pending_routing": self.db.scalar(
+                "SELECT count(*) FROM routing_outbox WHERE routed_at IS NULL"
+            ),
+        }
+
+    def summary(self) -> dict:
+        fid = self.flow_id
+        return {
+            "enrollments": {
+                f"{s}/{r}": n
+                for s, r, n in self.db.rows(
+                    "SELECT status, coalesce(exit_reason, '-'), count(*) FROM flow_enrollment "
+                    "WHERE flow_id=? GROUP BY 1, 2",
+                    fid,
+                )
+            },
+            "deliveries": {
+                f"{step}/{s}/{r}": n
+                for step, s, r, n in self.db.rows(
+                    "SELECT step_id, status, coalesce(reason, '-'), count(*) FROM delivery "
+                    "WHERE run_id=? GROUP BY 1, 2, 3",
+                    fid,
+                )
+            },
+        }
+
+    async def wait_for(self, what: str, done, stall_seconds: float = 120.0, every=0.02) -> dict:
+        """Polls `counts()` until `done(counts)`; gives up when nothing moved for a while."""
+        last, moved, next_log = None, time.monotonic(), time.monotonic() + 10
+        while True:
+            counts = self.counts()
+            if done(counts):
+                return counts
+            now = time.monotonic()
+            if counts != last:
+                last, moved = counts, now
+            elif now - moved > stall_seconds:
+                raise RuntimeError(
+                    f"stuck waiting for {what}: {counts}; {json.dumps(self.summary())}"
+                )
+            if now >= next_log:
+                next_log = now + 10
+                rss = self.stack.rss_mb().get("worker", 0)
+                log(f"  waiting for {what}: {counts} worker {rss:.0f} MB")
+            await asyncio.sleep(every)
+
+    async def close_times(self, workflow_ids: list[str]) -> dict[str, float]:
+        """Temporal's close time of each workflow (Unix seconds); open ones are left out."""
+        limit = asyncio.Semaphore(32)
+        out: dict[str, float] = {}
+
+        async def one(wid: str) -> None:
+            async with limit:
+                desc = await self.client.get_workflow_handle(wid).describe()
+            if desc.close_time is not None:
+                out[wid] = desc.close_time.timestamp()
+
+        await asyncio.gather(*(one(w) for w in workflow_ids))
+        return out
+
+
+# ---- 1. enrollment throughput ------------------------------------------------------------------
+
+
+def start_baseline_worker(stack: Stack, scratch: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--baseline-worker",
+            "--address",
+            stack.temporal_address,
+            "--task-queue",
+            BASELINE_QUEUE,
+            "--scratch",
+            str(scratch),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=open(stack.log_path, "a"),  # noqa: SIM115
+        text=True,
+    )
+    if proc.stdout.readline().strip() != "ready":
+        raise SystemExit("the baseline worker did not start; see the stack log")
+    return proc
+
+
+async def baseline(run: Run, scratch: Path) -> dict:
+    n, concurrency = run.args.enrollments, run.args.concurrency
+    client = run.client
+    ids = [f"bench-baseline-{run.tag}-{i}" for i in range(n)]
+    db = sqlite3.connect(str(scratch), timeout=30)
+
+    async def each(fn) -> None:
+        todo = iter(ids)
+
+        async def worker() -> None:
+            for wid in todo:
+                await fn(wid)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+    async def start(wid: str) -> None:
+        await client.start_workflow("BenchBaseline", id=wid, task_queue=BASELINE_QUEUE)
+
+    async def signal(wid: str) -> None:
+        await client.get_workflow_handle(wid).signal("done")
+
+    t0 = time.time()
+    await each(start)
+    await poll(lambda: db.execute("SELECT count(*) FROM touch").fetchone()[0] >= n, 0.02)
+    touched = db.execute("SELECT max(at) FROM touch").fetchone()[0]
+    db.close()
+    # The activity's result still has to reach its workflow; let that settle before signalling,
+    # as Herald's phase does (its clock stops at the send, before the workflow sees the result).
+    await asyncio.sleep(1)
+    t1 = time.time()
+    await each(signal)
+    query = (
+        "WorkflowType='BenchBaseline' AND ExecutionStatus='Completed' "
+        f"AND WorkflowId STARTS_WITH 'bench-baseline-{run.tag}-'"
+    )
+
+    async def all_closed() -> bool:
+        return (await client.count_workflows(query)).count >= n
+
+    await poll(all_closed, 0.1)
+    closed = await run.close_times(ids)
+    return {
+        "n": n,
+        "start_to_first_effect_s": touched - t0,
+        "conversion_to_closed_s": max(closed.values()) - t1,
+    }
+
+
+async def herald_lifecycle(run: Run) -> dict:
+    n = run.args.enrollments
+    log(f"1. Herald: {n} profiles with consent")
+    people = await run.profiles("life", n)
+    emails = [e for e, _ in people]
+    log(f"1. Herald: {n} {TRIGGER} events")
+    t0 = await run.post_events(TRIGGER, emails, "sc")
+    await run.wait_for(f"{n} first messages", lambda c: c["m1"] >= n)
+    sent_at = sqlite_epoch(
+        run.db.scalar(
+            "SELECT max(o.created_at) FROM message_outbox o JOIN delivery d "
+            "ON d.id = o.delivery_id WHERE d.run_id=? AND d.step_id='m1'",
+            run.flow_id,
+        )
+    )
+    # Comparable to the baseline: the conversion arrives once every enrollment sleeps.
+    await run.wait_for(f"{n} sleeping", lambda c: c["sleeping"] >= n)
+    await asyncio.sleep(1)
+    log(f"1. Herald: {n} {CONVERSION} events")
+    t1 = await run.post_events(CONVERSION, emails, "po")
+    await run.wait_for(f"{n} exits", lambda c: c["closed"] >= n)
+    ids = [r[0] for r in run.db.rows("SELECT workflow_id FROM flow_enrollment")]
+    closed = await run.close_times(ids)
+    while len(closed) < len(ids):  # the row is written just before the workflow completes
+        await asyncio.sleep(0.1)
+        closed.update(await run.close_times([w for w in ids if w not in closed]))
+    return {
+        "n": n,
+        "start_to_first_effect_s": sent_at - t0,
+        "conversion_to_closed_s": max(closed.values()) - t1,
+        **run.summary(),
+    }
+
+
+def rate(result: dict) -> float:
+    return result["n"] / (result["start_to_first_effect_s"] + result["conversion_to_closed_s"])
+
+
+def report_lifecycle(base: dict, herald: dict, args) -> list[tuple[str, bool]]:
+    n = herald["n"]
+    print(f"\n== 1. enrollment life cycle: {n} enrollments, concurrency {args.concurrency} ==")
+    print(f"{'':26} {'start->1st msg s':>17} {'conversion->closed s':>21} {'total s':>8} {'/s':>7}")
+    for name, r in (("bare Temporal baseline", base), ("Herald flow", herald)):
+        a, b = r["start_to_first_effect_s"], r["conversion_to_closed_s"]
+        print(f"{name:26} {a:17.2f} {b:21.2f} {a + b:8.2f} {rate(r):7.1f}")
+    ratio = rate(herald) / rate(base)
+    print(f"ratio Herald / baseline: {ratio:.2f}x")
+    print(f"enrollments: {herald['enrollments']}  deliveries: {herald['deliveries']}")
+    clean = herald["enrollments"] == {"exited/converted": n} and herald["deliveries"] == {
+        "m1/sent/-": n
+    }
+    return [
+        (f"Herald >= {TARGET_RATIO}x baseline ({ratio:.2f}x)", ratio >= TARGET_RATIO),
+        (f"all {n}: one message sent, exited 'converted', no second message", clean),
+    ]
+
+
+# ---- 2. exit latency ---------------------------------------------------------------------------
+
+
+async def exit_latency(run: Run) -> dict:
+    sleeping, samples = run.args.sleeping, run.args.samples
+    before = run.counts()["sleeping"]
+    need = max(0, sleeping - before)
+    log(f"2. exit latency: {need} more sleeping enrollments (to {sleeping})")
+    people = await run.profiles("lat", need)
+    await run.post_events(TRIGGER, [e for e, _ in people], "sc-lat")
+    await run.wait_for(f"{sleeping} sleeping", lambda c: c["sleeping"] >= sleeping)
+    await run.wait_for("empty routing outbox", lambda c: c["pending_routing"] == 0)
+    await asyncio.sleep(2)
+    workflow_of = dict(
+        run.db.rows(
+            "SELECT profile_id, workflow_id FROM flow_enrollment WHERE flow_id=? "
+            "AND status='running'",
+            run.flow_id,
+        )
+    )
+    picked = [(e, workflow_of[p]) for e, p in people[:samples]]
+    log(f"2. exit latency: {len(picked)} {CONVERSION} events, one at a time")
+    conn = run.ingest()
+    row_ms, sent_wall, event_ids, timeouts = [], {}, {}, 0
+    try:
+        for i, (email, wid) in enumerate(picked):
+            body = {"metric": CONVERSION, "profile": {"email": email}, "unique_id": f"lat-{i}"}
+            status, answer = await conn.json("POST", "/v1/events", body)
+            accepted, accepted_wall = time.perf_counter(), time.time()
+            if status != 202:
+                raise RuntimeError(f"event refused: {status} {answer}")
+            sent_wall[wid], event_ids[wid] = accepted_wall, answer["event_id"]
+            while True:
+                state = run.db.scalar("SELECT status FROM flow_enrollment WHERE workflow_id=?", wid)
+                if state != "running":
+                    row_ms.append((time.perf_counter() - accepted) * 1000)
+                    break
+                if time.perf_counter() - accepted > 30:
+                    timeouts += 1
+                    break
+                await asyncio.sleep(0.005)
+    finally:
+        conn.close()
+    closed = await run.close_times(list(sent_wall))
+    temporal_ms = [(closed[w] - sent_wall[w]) * 1000 for w in sent_wall if w in closed]
+    routed_ms = []
+    for wid, event_id in event_ids.items():
+        routed = run.db.scalar("SELECT routed_at FROM routing_outbox WHERE event_id=?", event_id)
+        if routed:
+            routed_ms.append((sqlite_epoch(routed) - sent_wall[wid]) * 1000)
+    return {
+        "sleeping": sleeping,
+        "samples": len(picked),
+        "timeouts": timeouts,
+        "routed_ms": routed_ms,
+        "row_closed_ms": row_ms,
+        "temporal_closed_ms": temporal_ms,
+    }
+
+
+def report_latency(result: dict) -> list[tuple[str, bool]]:
+    print(
+        f"\n== 2. exit latency: {result['samples']} {CONVERSION} events one at a time, "
+        f"{result['sleeping']} enrollments sleeping =="
+    )
+    print(f"{'202 accepted ->':36} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    rows = (
+        ("router claimed the event", result["routed_ms"]),
+        ("enrollment row leaves 'running'", result["row_closed_ms"]),
+        ("workflow closed (Temporal)", result["temporal_closed_ms"]),
+    )
+    for name, values in rows:
+        if values:
+            print(
+                f"{name:36} {len(values):5d} {statistics.median(values):8.1f} "
+                f"{percentile(values, 0.99):8.1f} {max(values):8.1f}"
+            )
+    p99 = percentile(result["row_closed_ms"], 0.99) if result["row_closed_ms"] else float("inf")
+    return [
+        (f"p99 < {TARGET_EXIT_P99_MS} ms ({p99:.0f} ms)", p99 < TARGET_EXIT_P99_MS),
+        ("every sample closed within 30 s", result["timeouts"] == 0),
+    ]
+
+
+# ---- 3. worker memory --------------------------------------------------------------------------
+
+
+async def memory(run: Run, rss_log: list[dict]) -> dict:
+    target = run.args.memory_enrollments
+    before = run.counts()["sleeping"]
+    need = max(0, target - before)
+    log(f"3. memory: {need} more sleeping enrollments (to {target}); this takes a while")
+    started = time.monotonic()
+    people = await run.profiles("mem", need)
+    profiles_s = time.monotonic() - started
+    peak = 0.0
+    emails = [e for e, _ in people]
+    t0 = time.monotonic()
+    # In slices, so progress shows and the router's batches stay like real traffic.
+    for start in range(0, len(emails), 1_000):
+        await run.post_events(TRIGGER, emails[start : start + 1_000], f"sc-mem{start}")
+        peak = max(peak, run.stack.rss_mb().get("worker", 0))
+    posted_s = time.monotonic() - t0
+
+    def done(counts: dict) -> bool:
+        nonlocal peak
+        peak = max(peak, run.stack.rss_mb().get("worker", 0))
+        return counts["sleeping"] >= target
+
+    await run.wait_for(f"{target} sleeping", done, every=0.5)
+    ramp_s = time.monotonic() - t0
+    samples = []
+    for _ in range(5):
+        await asyncio.sleep(1)
+        samples.append(run.stack.rss_mb())
+    rss_log.append({"sleeping": run.counts()["sleeping"], "after": "memory", **samples[-1]})
+    return {
+        "sleeping": run.counts()["sleeping"],
+        "new_enrollments": need,
+        "profiles_seconds": profiles_s,
+        "events_posted_seconds": posted_s,
+        "enrol_to_sleeping_seconds": ramp_s,
+        "worker_peak_mb": max(peak, *(s.get("worker", 0) for s in samples)),
+        "worker_rest_mb": samples[-1].get("worker", 0),
+        "rss_at_rest": samples[-1],
+    }
+
+
+def report_memory(result: dict, rss_log: list[dict]) -> list[tuple[str, bool]]:
+    print(f"\n== 3. worker memory: {result['sleeping']} sleeping enrollments ==")
+    print(f"{'when':34} {'sleeping':>8} {'worker MB':>10} {'temporal MB':>12} {'api MB':>8}")
+    for row in rss_log:
+        print(
+            f"{row['after']:34} {row['sleeping']:8d} {row.get('worker', 0):10.0f} "
+            f"{row.get('temporal', 0):12.0f} {row.get('api', 0):8.0f}"
+        )
+    n, ramp = result["new_enrollments"], result["enrol_to_sleeping_seconds"]
+    print(
+        f"ramp: {n} profiles with consent in {result['profiles_seconds']:.0f} s; "
+        f"{n} enrollments from first event to all sleeping in {ramp:.0f} s "
+        f"({n / ramp if ramp else 0:.1f}/s); worker peak {result['worker_peak_mb']:.0f} MB"
+    )
+    rest = result["worker_rest_mb"]
+    return [
+        (
+            f"worker RSS < {TARGET_WORKER_RSS_MB} MB with {result['sleeping']} sleeping "
+            f"({rest:.0f} MB)",
+            rest < TARGET_WORKER_RSS_MB,
+        ),
+    ]
+
+
+# ---- main --------------------------------------------------------------------------------------
+
+
+def print_checks(checks: list[tuple[str, bool]]) -> None:
+    for label, ok in checks:
+        print(f"  [{'met' if ok else 'MISSED'}] {label}")
+
+
+async def measure(stack: Stack, args, out: dict) -> None:
+    run = Run(stack, args)
+    await run.start()
+    out["flow_id"] = run.flow_id
+    rss_log: list[dict] = [{"sleeping": 0, "after": "idle, after start", **stack.rss_mb()}]
+    out["rss"] = rss_log
+    checks: list[tuple[str, bool]] = []
+    scratch = stack.data_dir / "baseline.db"
+    worker = start_baseline_worker(stack, scratch)
+    try:
+        log(f"1. baseline: {args.enrollments} bare workflows")
+        base = await baseline(run, scratch)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    out["baseline"] = base
+    herald = await herald_lifecycle(run)
+    out["herald"] = herald
+    out["ratio"] = rate(herald) / rate(base)
+    rss_log.append(
+        {"sleeping": 0, "after": f"1. {args.enrollments} enrolled + exited", **stack.rss_mb()}
+    )
+    checks = report_lifecycle(base, herald, args)
+    print_checks(checks)
+    out["checks"] = dict(checks)
+    sys.stdout.flush()
+
+    if args.sleeping and args.samples:
+        latency = await exit_latency(run)
+        out["exit_latency"] = latency
+        sleeping = run.counts()["sleeping"]
+        rss_log.append({"sleeping": sleeping, "after": "2. exit latency", **stack.rss_mb()})
+        checks = report_latency(latency)
+        print_checks(checks)
+        out["checks"].update(checks)
+        sys.stdout.flush()
+
+    if args.memory_enrollments:
+        result = await memory(run, rss_log)
+        out["memory"] = result
+        checks = report_memory(result, rss_log)
+        print_checks(checks)
+        out["checks"].update(checks)
+    out["final"] = run.summary()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--enrollments", type=int, default=500, help="life-cycle enrollments")
+    parser.add_argument("--sleeping", type=int, default=1_000, help="asleep during exit latency")
+    parser.add_argument("--samples", type=int, default=200, help="exit latency samples")
+    parser.add_argument(
+        "--memory-enrollments", type=int, default=10_000, help="asleep for the RSS check; 0 skips"
+    )
+    parser.add_argument("--concurrency", type=int, default=8, help="connections / RPCs in flight")
+    parser.add_argument("--batch-size", type=int, default=100, help="events per batch request")
+    parser.add_argument("--keep-log", action="store_true", help="keep the stack's log file")
+    parser.add_argument("--baseline-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--address", help=argparse.SUPPRESS)
+    parser.add_argument("--task-queue", help=argparse.SUPPRESS)
+    parser.add_argument("--scratch", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.baseline_worker:
+        import baseline as bare
+
+        asyncio.run(bare.run_worker(args.address, args.task_queue, args.scratch))
+        return
+
+    print(
+        f"cores: {os.cpu_count()}  enrollments: {args.enrollments}  sleeping: {args.sleeping}  "
+        f"samples: {args.samples}  memory: {args.memory_enrollments}  "
+        f"concurrency: {args.concurrency}  batch: {args.batch_size}",
+        flush=True,
+    )
+    out: dict = {"cores": os.cpu_count(), "args": vars(args)}
+    stack = Stack()
+    log(f"stack up: data {stack.data_dir}, log {stack.log_path}")
+    failed = False
+    try:
+        asyncio.run(measure(stack, args, out))
+    except Exception as exc:
+        failed = True
+        out["error"] = "".join(traceback.format_exception(exc))
+        print(f"\nFAILED: {exc}", flush=True)
+    finally:
+        stack.stop()
+        if not args.keep_log and not failed:
+            stack.log_path.unlink(missing_ok=True)
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"flows-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    path.write_text(json.dumps(out, indent=2, default=str))
+    print(f"\nraw numbers: {path}")
+    if failed:
+        print(f"stack log: {stack.log_path}")
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
