@@ -75,6 +75,16 @@ class Connection:
             self.writer.close()
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time a process has used so far (its threads included)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rss_kb(pid: int) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -171,6 +181,15 @@ class Stack:
             kb = _rss_kb(pid)
             if kb is not None:
                 out[name] = kb / 1024
+        return out
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by each child process."""
+        out = {}
+        for name, pid in self.children().items():
+            seconds = cpu_seconds(pid)
+            if seconds is not None:
+                out[name] = seconds
         return out
 
     def stop(self) -> None:

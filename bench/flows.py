@@ -51,7 +51,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from common import RESULTS, Connection, Stack, percentile
+from common import RESULTS, Connection, Stack, cpu_seconds, percentile
 
 TARGET_RATIO = 0.8
 TARGET_EXIT_P99_MS = 250
@@ -106,6 +106,25 @@ async def poll(check, every: float, give_up_after: float = 600) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"gave up after {give_up_after:.0f} s")
         await asyncio.sleep(every)
+
+
+class CpuMeter:
+    """CPU seconds each process used between construction and stop()."""
+
+    def __init__(self, stack: Stack, extra: dict[str, int] | None = None) -> None:
+        self.stack, self.extra = stack, extra or {}
+        self.start = self.read()
+
+    def read(self) -> dict[str, float]:
+        own = os.times()
+        out = {**self.stack.cpu(), "bench": own.user + own.system}
+        for name, pid in self.extra.items():
+            out[name] = cpu_seconds(pid) or 0.0
+        return out
+
+    def stop(self) -> dict[str, float]:
+        end = self.read()
+        return {k: end[k] - self.start.get(k, 0.0) for k in end}
 
 
 class Db:
@@ -307,6 +326,16 @@ class Run:
         await asyncio.gather(*(one(w) for w in workflow_ids))
         return out
 
+    async def all_closed(self, workflow_ids: list[str]) -> dict[str, float]:
+        """Close times of all of them, waiting for the last few (a row is written just before
+        its workflow completes)."""
+        closed = await self.close_times(workflow_ids)
+        deadline = time.monotonic() + 60
+        while len(closed) < len(workflow_ids) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            closed.update(await self.close_times([w for w in workflow_ids if w not in closed]))
+        return closed
+
 
 # ---- 1. enrollment throughput ------------------------------------------------------------------
 
@@ -333,7 +362,7 @@ def start_baseline_worker(stack: Stack, scratch: Path) -> subprocess.Popen:
     return proc
 
 
-async def baseline(run: Run, scratch: Path) -> dict:
+async def baseline(run: Run, scratch: Path, worker_pid: int) -> dict:
     n, concurrency = run.args.enrollments, run.args.concurrency
     client = run.client
     ids = [f"bench-baseline-{run.tag}-{i}" for i in range(n)]
@@ -354,6 +383,7 @@ async def baseline(run: Run, scratch: Path) -> dict:
     async def signal(wid: str) -> None:
         await client.get_workflow_handle(wid).signal("done")
 
+    meter = CpuMeter(run.stack, {"baseline worker": worker_pid})
     t0 = time.time()
     await each(start)
     await poll(lambda: db.execute("SELECT count(*) FROM touch").fetchone()[0] >= n, 0.02)
@@ -373,11 +403,13 @@ async def baseline(run: Run, scratch: Path) -> dict:
         return (await client.count_workflows(query)).count >= n
 
     await poll(all_closed, 0.1)
-    closed = await run.close_times(ids)
+    cpu = meter.stop()
+    closed = await run.all_closed(ids)
     return {
         "n": n,
         "start_to_first_effect_s": touched - t0,
         "conversion_to_closed_s": max(closed.values()) - t1,
+        "cpu_s": cpu,
     }
 
 
@@ -387,6 +419,7 @@ async def herald_lifecycle(run: Run) -> dict:
     people = await run.profiles("life", n)
     emails = [e for e, _ in people]
     log(f"1. Herald: {n} {TRIGGER} events")
+    meter = CpuMeter(run.stack)
     t0 = await run.post_events(TRIGGER, emails, "sc")
     await run.wait_for(f"{n} first messages", lambda c: c["m1"] >= n)
     sent_at = sqlite_epoch(
@@ -402,15 +435,14 @@ async def herald_lifecycle(run: Run) -> dict:
     log(f"1. Herald: {n} {CONVERSION} events")
     t1 = await run.post_events(CONVERSION, emails, "po")
     await run.wait_for(f"{n} exits", lambda c: c["closed"] >= n)
+    cpu = meter.stop()
     ids = [r[0] for r in run.db.rows("SELECT workflow_id FROM flow_enrollment")]
-    closed = await run.close_times(ids)
-    while len(closed) < len(ids):  # the row is written just before the workflow completes
-        await asyncio.sleep(0.1)
-        closed.update(await run.close_times([w for w in ids if w not in closed]))
+    closed = await run.all_closed(ids)
     return {
         "n": n,
         "start_to_first_effect_s": sent_at - t0,
         "conversion_to_closed_s": max(closed.values()) - t1,
+        "cpu_s": cpu,
         **run.summary(),
     }
 
@@ -428,6 +460,11 @@ def report_lifecycle(base: dict, herald: dict, args) -> list[tuple[str, bool]]:
         print(f"{name:26} {a:17.2f} {b:21.2f} {a + b:8.2f} {rate(r):7.1f}")
     ratio = rate(herald) / rate(base)
     print(f"ratio Herald / baseline: {ratio:.2f}x")
+    print("CPU ms per enrollment, by process (2 cores: the sum bounds the rate):")
+    for name, r in (("bare Temporal baseline", base), ("Herald flow", herald)):
+        cpu = r["cpu_s"]
+        parts = "  ".join(f"{k} {v * 1000 / n:.1f}" for k, v in sorted(cpu.items()))
+        print(f"  {name:24} total {sum(cpu.values()) * 1000 / n:6.1f}   {parts}")
     print(f"enrollments: {herald['enrollments']}  deliveries: {herald['deliveries']}")
     clean = herald["enrollments"] == {"exited/converted": n} and herald["deliveries"] == {
         "m1/sent/-": n
@@ -481,7 +518,7 @@ async def exit_latency(run: Run) -> dict:
                 await asyncio.sleep(0.005)
     finally:
         conn.close()
-    closed = await run.close_times(list(sent_wall))
+    closed = await run.all_closed(list(sent_wall))
     temporal_ms = [(closed[w] - sent_wall[w]) * 1000 for w in sent_wall if w in closed]
     routed_ms = []
     for wid, event_id in event_ids.items():
@@ -609,7 +646,7 @@ async def measure(stack: Stack, args, out: dict) -> None:
     worker = start_baseline_worker(stack, scratch)
     try:
         log(f"1. baseline: {args.enrollments} bare workflows")
-        base = await baseline(run, scratch)
+        base = await baseline(run, scratch, worker.pid)
     finally:
         worker.terminate()
         worker.wait(30)

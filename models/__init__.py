@@ -5,6 +5,7 @@ Importing this package registers every table on SQLModel.metadata (Alembic reads
 
 from models.account import Account
 from models.api_key import ApiKey
+from models.campaigns import Campaign, CampaignExit, CampaignMessage, CampaignPath
 from models.delivery import Delivery, OutboxMessage
 from models.events import Event, Metric, ProfileMetricStat
 from models.flows import EnrollmentStep, Flow, FlowEnrollment, FlowVersion, ReviewItem
@@ -15,6 +16,10 @@ from models.routing import RoutingOutbox
 __all__ = [
     "Account",
     "ApiKey",
+    "Campaign",
+    "CampaignExit",
+    "CampaignMessage",
+    "CampaignPath",
     "Consent",
     "ConsentChange",
     "Delivery",

@@ -33,6 +33,10 @@ SHOPIFY_SECRET = "shpss_test_secret"
 
 # Tables emptied between tests, children first. Account, metrics and API keys persist.
 _TRANSIENT_TABLES = (
+    "campaign_exit",
+    "campaign_message",
+    "campaign_path",
+    "campaign",
     "message_outbox",
     "delivery",
     "review_item",
@@ -229,9 +233,11 @@ async def temporal_server():
     await env.shutdown()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 async def skipping_env():
-    """Temporal's time-skipping test server: days-long flows run in moments."""
+    """Temporal's time-skipping test server: days-long flows run in moments.
+
+    One per test: simulated time never carries over, and one test's trouble stays its own."""
     from temporalio.contrib.pydantic import pydantic_data_converter
     from temporalio.testing import WorkflowEnvironment
 

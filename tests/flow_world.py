@@ -141,6 +141,23 @@ class FlowWorld:
         ingest(self.db.engine, self.metrics, [EventIn.model_validate(body)], "test")
         await self.route()
 
+    async def events(self, metric: str, unique_ids: dict[str, str]) -> None:
+        """One event per profile ({profile id: unique id}), stored together and routed once."""
+        now = (await self.now()).isoformat()
+        batch = [
+            EventIn.model_validate(
+                {
+                    "metric": metric,
+                    "profile": {"email": self.email(profile_id)},
+                    "unique_id": unique_id,
+                    "time": now,
+                }
+            )
+            for profile_id, unique_id in unique_ids.items()
+        ]
+        ingest(self.db.engine, self.metrics, batch, "test")
+        await self.route()
+
     async def route(self) -> None:
         # Routing runs outside an activity here: give it the simulated clock.
         now = await self.now()
@@ -154,8 +171,10 @@ class FlowWorld:
 
     # ---- time ------------------------------------------------------------------------------
 
-    async def advance(self, delta: timedelta) -> None:
-        await self.env.sleep(delta)
+    async def advance(self, delta: timedelta, margin: timedelta = timedelta(seconds=30)) -> None:
+        """Moves simulated time on by `delta` plus a small margin, so that a timer due exactly
+        at the end (set a few real milliseconds after the test's own reference point) fires."""
+        await self.env.sleep(delta + margin)
         await self.settle()
 
     async def settle(self, within: float = 20.0) -> None:

@@ -136,8 +136,7 @@ def three_step(label: str) -> dict:
 async def test_editing_a_live_flow_leaves_sleeping_enrollments_on_their_version(world):
     flow_id = world.flow(three_step("v1"))
     shoppers = [world.profile(f"s{i}@example.com") for i in range(100)]
-    for i, shopper in enumerate(shoppers):
-        await world.event("Started Checkout", shopper, f"cart-{i}")
+    await world.events("Started Checkout", {s: f"cart-{i}" for i, s in enumerate(shoppers)})
     assert world.db.scalar("SELECT count(*) FROM flow_enrollment WHERE version = 1") == 100
 
     assert world.new_version(flow_id, three_step("v2")) == 2

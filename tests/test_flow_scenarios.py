@@ -175,7 +175,7 @@ async def test_a_conversion_racing_the_send_stops_the_message(world, monkeypatch
     racer = world.profile("racer@example.com")
     await add_to_list(world, list_id, racer)
 
-    await world.advance(3 * DAY - timedelta(seconds=1))
+    await world.advance(3 * DAY - timedelta(seconds=1), margin=timedelta(0))
 
     async def signal_lost(*_args):
         return None
@@ -183,7 +183,7 @@ async def test_a_conversion_racing_the_send_stops_the_message(world, monkeypatch
     monkeypatch.setattr(world.flow_handler.bridge, "_signal", signal_lost)
     await world.event("Placed Order", racer, "R-1", value=10)
     monkeypatch.undo()
-    await world.advance(timedelta(seconds=1))
+    await world.advance(timedelta(seconds=1), margin=timedelta(seconds=5))
 
     assert [s[0] for s in world.sent(racer)] == ["email-1"]
     assert world.deliveries(racer)[-1] == ("email-2", "skipped", "exited")
