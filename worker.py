@@ -10,6 +10,8 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
+from activities.campaign_routing import CampaignRoutingHandler
+from activities.campaigns import CampaignActivities
 from activities.date_triggers import DateTriggerActivities
 from activities.delivery import DeliveryActivities
 from activities.flow_routing import FlowRoutingHandler, TemporalBridge
@@ -23,6 +25,7 @@ from herald.observability import LogContextInterceptor
 from herald.routing import RoutingHandler
 from herald.search_attributes import attributes
 from herald.temporal import connect
+from workflows.campaigns import CampaignPathWorkflow, CampaignWorkflow
 from workflows.date_triggers import DateTriggerWorkflow, ensure_date_trigger_schedule
 from workflows.flow_enrollment import FlowEnrollmentWorkflow
 from workflows.router import ROUTER_WORKFLOW_ID, EventRouterWorkflow, RouterState
@@ -35,7 +38,7 @@ def routing_handlers(client: Client, settings: Settings) -> list[RoutingHandler]
     bridge = TemporalBridge(
         client, asyncio.get_running_loop(), settings.task_queue, settings.search_attributes
     )
-    return [MetricStatsHandler(), FlowRoutingHandler(bridge)]
+    return [MetricStatsHandler(), FlowRoutingHandler(bridge), CampaignRoutingHandler(bridge)]
 
 
 def build_worker(
@@ -54,10 +57,17 @@ def build_worker(
         client, asyncio.get_running_loop(), settings.task_queue, settings.search_attributes
     )
     dates = DateTriggerActivities(engine, FlowRoutingHandler(date_bridge))
+    campaigns = CampaignActivities(engine, settings)
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[EventRouterWorkflow, FlowEnrollmentWorkflow, DateTriggerWorkflow],
+        workflows=[
+            EventRouterWorkflow,
+            FlowEnrollmentWorkflow,
+            DateTriggerWorkflow,
+            CampaignWorkflow,
+            CampaignPathWorkflow,
+        ],
         activities=[
             router.route_pending,
             flows.record_steps,
@@ -71,6 +81,11 @@ def build_worker(
             webhooks.call_webhook,
             webhooks.send_internal_alert,
             dates.enrol_date_triggers,
+            campaigns.count_campaign_audience,
+            campaigns.plan_message,
+            campaigns.send_page,
+            campaigns.finish_campaign,
+            campaigns.mark_message,
         ],
         # Activities do blocking DB I/O, so they run in threads, not on the event loop.
         activity_executor=ThreadPoolExecutor(max_workers=16),

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from temporalio import activity
 
-from activities.flow_routing import FlowRoutingHandler, _Effects
+from activities.flow_routing import Effects, FlowRoutingHandler
 from herald.db import session_scope
 from herald.enrollment import TriggerContext
 from herald.flow_graph import DatePropertyTrigger
@@ -164,7 +164,7 @@ class DateTriggerActivities:
                 rows = self._page(session, flows, after)
                 if not rows:
                     break
-                effects = _Effects()
+                effects = Effects()
                 page = self._check_page(session, flows, rows, now, account_zone, effects)
                 # Before the commit, like the router: starts are idempotent (the workflow ID
                 # embeds the entry key), so a failed commit and a retried page are harmless.
@@ -226,7 +226,7 @@ class DateTriggerActivities:
         rows: list,
         now: datetime,
         account_zone: ZoneInfo,
-        effects: _Effects,
+        effects: Effects,
     ) -> DateTriggerCounts:
         page = DateTriggerCounts()
         for profile_id, timezone, properties in rows:

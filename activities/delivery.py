@@ -17,6 +17,7 @@ from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from herald.audience import exit_metric_id, exited_condition
 from herald.channels import ChannelProvider, OutgoingMessage, ProviderRejected, providers_for
 from herald.clock import activity_now
 from herald.conditions import ConditionUnavailable, profile_matches
@@ -39,6 +40,7 @@ from herald.delivery_policy import (
 from herald.ids import new_id
 from herald.templates import TemplateError, render, template_variables
 from models.account import Account
+from models.campaigns import Campaign
 from models.delivery import Delivery
 from models.delivery_dto import DeliveryRequest, DeliveryResult
 from models.enums import ConsentStatus
@@ -51,11 +53,21 @@ SUBJECT_MAX = 998  # RFC 5322 line limit, and the column's length
 
 
 def campaign_exited(session: Session, request: DeliveryRequest) -> bool:
-    """Has the profile left this campaign run (exit criteria met, removed by an operator)?
+    """Has the profile left this campaign (exit criteria met, removed by an operator)?
 
-    The campaigns issue fills this in with its exit records; until then nothing exits one.
+    The same rule as the bulk sender's (herald/audience.py `exited_condition`): an exit row, or
+    a conversion event at or after the campaign's start. An unknown campaign exits nobody.
     """
-    return False
+    campaign = session.execute(
+        select(Campaign.exit_metric, Campaign.started_at).where(Campaign.id == request.run_id)
+    ).first()
+    if campaign is None or campaign.started_at is None:
+        return False
+    metric_id = None
+    if campaign.exit_metric:
+        metric_id = session.execute(exit_metric_id(campaign.exit_metric)).scalar()
+    condition = exited_condition(request.run_id, metric_id, campaign.started_at, request.profile_id)
+    return bool(session.execute(select(condition)).scalar())
 
 
 def segment_member(session: Session, segment_id: str, profile_id: str) -> bool:

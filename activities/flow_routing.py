@@ -59,7 +59,7 @@ def entry_key(raw: str) -> str:
 
 
 @dataclass
-class _Effects:
+class Effects:
     starts: list[tuple[str, EnrollmentInput]] = field(default_factory=list)
     signals: list[tuple[str, str, str]] = field(default_factory=list)  # (workflow id, name, arg)
 
@@ -79,12 +79,12 @@ class TemporalBridge:
         self.task_queue = task_queue
         self.search_attributes = search_attributes
 
-    def apply(self, effects: _Effects) -> None:
+    def apply(self, effects: Effects) -> None:
         if effects.starts or effects.signals:
             future = asyncio.run_coroutine_threadsafe(self._apply(effects), self.loop)
             future.result(timeout=120)
 
-    async def _apply(self, effects: _Effects) -> None:
+    async def _apply(self, effects: Effects) -> None:
         await asyncio.gather(
             *(self._start(wid, params) for wid, params in effects.starts),
             *(self._signal(*s) for s in effects.signals),
@@ -131,7 +131,7 @@ class FlowRoutingHandler:
         live = [i for i in items if not i.backfill]
         if not live:
             return
-        effects = _Effects()
+        effects = Effects()
         flows = self._candidate_flows(session, live)
         for item in live:
             if item.kind is OutboxKind.event:
@@ -166,7 +166,7 @@ class FlowRoutingHandler:
 
     # ---- conversions and waits -----------------------------------------------------------------
 
-    def _exits(self, session: Session, item: RoutedItem, effects: _Effects) -> None:
+    def _exits(self, session: Session, item: RoutedItem, effects: Effects) -> None:
         enrollments = FlowEnrollment.__table__
         exiting = session.execute(
             update(enrollments)
@@ -182,7 +182,7 @@ class FlowRoutingHandler:
         for workflow_id in exiting:
             effects.signals.append((workflow_id, SIGNAL_EXIT, "converted"))
 
-    def _wake_waiters(self, session: Session, item: RoutedItem, effects: _Effects) -> None:
+    def _wake_waiters(self, session: Session, item: RoutedItem, effects: Effects) -> None:
         running = session.execute(
             select(
                 FlowEnrollment.workflow_id, FlowEnrollment.flow_id, FlowEnrollment.version
@@ -200,7 +200,7 @@ class FlowRoutingHandler:
     # ---- triggers ------------------------------------------------------------------------------
 
     def _triggers(
-        self, session: Session, item: RoutedItem, flows: list[Flow], effects: _Effects
+        self, session: Session, item: RoutedItem, flows: list[Flow], effects: Effects
     ) -> None:
         for flow in flows:
             if item.kind is OutboxKind.event:
@@ -232,7 +232,7 @@ class FlowRoutingHandler:
         profile_id: str,
         key: str,
         trigger: TriggerContext,
-        effects: _Effects,
+        effects: Effects,
     ) -> None:
         definition = self.definition(session, flow.id, flow.latest_version)
         if isinstance(definition.trigger, MetricTrigger) and not event_matches(

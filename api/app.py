@@ -9,6 +9,7 @@ from api.errors import install_error_handlers
 from api.middleware import GzipRequestMiddleware, RequestContextMiddleware
 from api.routers import (
     account,
+    campaigns,
     enrollments,
     events,
     flows,
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         outbox,
         flows,
         enrollments,
+        campaigns,
     ):
         app.include_router(module.router)
     return app

@@ -102,6 +102,7 @@ class Stack:
         self.data_dir = Path(tempfile.mkdtemp(prefix="herald-bench-"))
         self.api_port = free_port()
         self.temporal_port = free_port()
+        self.metrics_port = free_port()  # the worker's Prometheus endpoint (Temporal SDK)
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
         env = {
             **os.environ,
@@ -109,7 +110,7 @@ class Stack:
             "HERALD_DEV_TEMPORAL_PORT": str(self.temporal_port),
             "HERALD_TEMPORAL_UI_PORT": str(free_port()),
             "HERALD_API_PORT": str(self.api_port),
-            "HERALD_WORKER_METRICS_PORT": str(free_port()),
+            "HERALD_WORKER_METRICS_PORT": str(self.metrics_port),
             "HERALD_LOG_LEVEL": "WARNING",
         }
         for name in ("TEMPORAL_ADDRESS", "HERALD_TEMPORAL_ADDRESS", "HERALD_DATABASE_URL"):

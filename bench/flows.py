@@ -108,6 +108,63 @@ async def poll(check, every: float, give_up_after: float = 600) -> None:
         await asyncio.sleep(every)
 
 
+def scrape(port: int) -> dict[str, float]:
+    """The worker's Temporal SDK metrics, each summed over its label sets (buckets left out)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name = line.split("{")[0].split(" ")[0]
+        if not name.endswith("_bucket"):
+            out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def sdk_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """What the worker did in between, from its SDK metrics."""
+
+    def d(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    def mean_ms(name: str) -> float:
+        count = d(f"{name}_count")
+        return d(f"{name}_sum") / count if count else 0.0
+
+    return {
+        "workflow_tasks": d("temporal_workflow_task_execution_latency_count"),
+        "workflow_task_mean_ms": mean_ms("temporal_workflow_task_execution_latency"),
+        "replays": d("temporal_workflow_task_replay_latency_count"),
+        "replay_mean_ms": mean_ms("temporal_workflow_task_replay_latency"),
+        "sticky_cache_misses": d("temporal_sticky_cache_miss"),
+        "forced_evictions": d("temporal_sticky_cache_total_forced_eviction"),
+        "workflow_task_schedule_to_start_mean_ms": mean_ms(
+            "temporal_workflow_task_schedule_to_start_latency"
+        ),
+        "activity_schedule_to_start_mean_ms": mean_ms(
+            "temporal_activity_schedule_to_start_latency"
+        ),
+        "local_activities": d("temporal_local_activity_execution_latency_count"),
+        "cache_size": after.get("temporal_sticky_cache_size", 0.0),
+    }
+
+
+def sdk_line(sdk: dict[str, float]) -> str:
+    return (
+        f"{sdk['workflow_tasks']:.0f} workflow tasks ({sdk['workflow_task_mean_ms']:.1f} ms), "
+        f"{sdk['sticky_cache_misses']:.0f} cache misses, "
+        f"{sdk['forced_evictions']:.0f} forced evictions, "
+        f"schedule-to-start: workflow task {sdk['workflow_task_schedule_to_start_mean_ms']:.0f} "
+        f"ms, activity {sdk['activity_schedule_to_start_mean_ms']:.0f} ms (means)"
+    )
+
+
 class CpuMeter:
     """CPU seconds each process used between construction and stop()."""
 
@@ -120,11 +177,23 @@ class CpuMeter:
         out = {**self.stack.cpu(), "bench": own.user + own.system}
         for name, pid in self.extra.items():
             out[name] = cpu_seconds(pid) or 0.0
+        out["machine"] = machine_busy_seconds()
         return out
 
     def stop(self) -> dict[str, float]:
+        """Per process; `other` is what the rest of the machine used meanwhile (noise)."""
         end = self.read()
-        return {k: end[k] - self.start.get(k, 0.0) for k in end}
+        used = {k: end[k] - self.start.get(k, 0.0) for k in end}
+        machine = used.pop("machine")
+        used["other"] = max(0.0, machine - sum(used.values()))
+        return used
+
+
+def machine_busy_seconds() -> float:
+    """CPU time all cores spent busy since boot (/proc/stat: everything but idle and iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy = sum(fields[:8]) - fields[3] - fields[4]
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 class Db:
@@ -150,6 +219,7 @@ class Run:
         self.db = Db(stack.sqlite_path)
         self.flow_id = ""
         self.client = None  # temporalio Client, connected in start()
+        self.history_lengths: dict[str, int] = {}  # workflow id -> events, once closed
 
     async def start(self) -> None:
         from temporalio.client import Client
@@ -322,6 +392,7 @@ class Run:
                 desc = await self.client.get_workflow_handle(wid).describe()
             if desc.close_time is not None:
                 out[wid] = desc.close_time.timestamp()
+                self.history_lengths[wid] = desc.history_length
 
         await asyncio.gather(*(one(w) for w in workflow_ids))
         return out
@@ -362,10 +433,11 @@ def start_baseline_worker(stack: Stack, scratch: Path) -> subprocess.Popen:
     return proc
 
 
-async def baseline(run: Run, scratch: Path, worker_pid: int) -> dict:
+async def baseline(run: Run, scratch: Path, worker_pid: int, label: str) -> dict:
     n, concurrency = run.args.enrollments, run.args.concurrency
     client = run.client
-    ids = [f"bench-baseline-{run.tag}-{i}" for i in range(n)]
+    prefix = f"bench-baseline-{run.tag}-{label}-"
+    ids = [f"{prefix}{i}" for i in range(n)]
     db = sqlite3.connect(str(scratch), timeout=30)
 
     async def each(fn) -> None:
@@ -386,8 +458,13 @@ async def baseline(run: Run, scratch: Path, worker_pid: int) -> dict:
     meter = CpuMeter(run.stack, {"baseline worker": worker_pid})
     t0 = time.time()
     await each(start)
-    await poll(lambda: db.execute("SELECT count(*) FROM touch").fetchone()[0] >= n, 0.02)
-    touched = db.execute("SELECT max(at) FROM touch").fetchone()[0]
+    touches = "FROM touch WHERE workflow_id LIKE ?", (prefix + "%",)
+
+    def touched_all() -> bool:
+        return db.execute(f"SELECT count(*) {touches[0]}", touches[1]).fetchone()[0] >= n
+
+    await poll(touched_all, 0.02)
+    touched = db.execute(f"SELECT max(at) {touches[0]}", touches[1]).fetchone()[0]
     db.close()
     # The activity's result still has to reach its workflow; let that settle before signalling,
     # as Herald's phase does (its clock stops at the send, before the workflow sees the result).
@@ -396,7 +473,7 @@ async def baseline(run: Run, scratch: Path, worker_pid: int) -> dict:
     await each(signal)
     query = (
         "WorkflowType='BenchBaseline' AND ExecutionStatus='Completed' "
-        f"AND WorkflowId STARTS_WITH 'bench-baseline-{run.tag}-'"
+        f"AND WorkflowId STARTS_WITH '{prefix}'"
     )
 
     async def all_closed() -> bool:
@@ -407,9 +484,11 @@ async def baseline(run: Run, scratch: Path, worker_pid: int) -> dict:
     closed = await run.all_closed(ids)
     return {
         "n": n,
+        "label": label,
         "start_to_first_effect_s": touched - t0,
         "conversion_to_closed_s": max(closed.values()) - t1,
         "cpu_s": cpu,
+        "history_events": statistics.mean(run.history_lengths[w] for w in ids),
     }
 
 
@@ -420,6 +499,7 @@ async def herald_lifecycle(run: Run) -> dict:
     emails = [e for e, _ in people]
     log(f"1. Herald: {n} {TRIGGER} events")
     meter = CpuMeter(run.stack)
+    metrics = scrape(run.stack.metrics_port)
     t0 = await run.post_events(TRIGGER, emails, "sc")
     await run.wait_for(f"{n} first messages", lambda c: c["m1"] >= n)
     sent_at = sqlite_epoch(
@@ -436,6 +516,7 @@ async def herald_lifecycle(run: Run) -> dict:
     t1 = await run.post_events(CONVERSION, emails, "po")
     await run.wait_for(f"{n} exits", lambda c: c["closed"] >= n)
     cpu = meter.stop()
+    sdk = sdk_delta(metrics, scrape(run.stack.metrics_port))
     ids = [r[0] for r in run.db.rows("SELECT workflow_id FROM flow_enrollment")]
     closed = await run.all_closed(ids)
     return {
@@ -443,6 +524,8 @@ async def herald_lifecycle(run: Run) -> dict:
         "start_to_first_effect_s": sent_at - t0,
         "conversion_to_closed_s": max(closed.values()) - t1,
         "cpu_s": cpu,
+        "history_events": statistics.mean(run.history_lengths[w] for w in ids),
+        "worker_sdk": sdk,
         **run.summary(),
     }
 
@@ -451,20 +534,44 @@ def rate(result: dict) -> float:
     return result["n"] / (result["start_to_first_effect_s"] + result["conversion_to_closed_s"])
 
 
-def report_lifecycle(base: dict, herald: dict, args) -> list[tuple[str, bool]]:
+def cpu_ms(result: dict) -> float:
+    """CPU per enrollment of the processes under test (all but `other`), in ms."""
+    return sum(v for k, v in result["cpu_s"].items() if k != "other") * 1000 / result["n"]
+
+
+def baseline_rate(bases: list[dict]) -> float:
+    return statistics.mean(rate(b) for b in bases)
+
+
+def report_lifecycle(bases: list[dict], herald: dict, args) -> list[tuple[str, bool]]:
     n = herald["n"]
     print(f"\n== 1. enrollment life cycle: {n} enrollments, concurrency {args.concurrency} ==")
     print(f"{'':26} {'start->1st msg s':>17} {'conversion->closed s':>21} {'total s':>8} {'/s':>7}")
-    for name, r in (("bare Temporal baseline", base), ("Herald flow", herald)):
+    runs = [(f"baseline ({b['label']})", b) for b in bases[:1]]
+    runs += [("Herald flow", herald)] + [(f"baseline ({b['label']})", b) for b in bases[1:]]
+    for name, r in runs:
         a, b = r["start_to_first_effect_s"], r["conversion_to_closed_s"]
         print(f"{name:26} {a:17.2f} {b:21.2f} {a + b:8.2f} {rate(r):7.1f}")
-    ratio = rate(herald) / rate(base)
-    print(f"ratio Herald / baseline: {ratio:.2f}x")
-    print("CPU ms per enrollment, by process (2 cores: the sum bounds the rate):")
-    for name, r in (("bare Temporal baseline", base), ("Herald flow", herald)):
-        cpu = r["cpu_s"]
-        parts = "  ".join(f"{k} {v * 1000 / n:.1f}" for k, v in sorted(cpu.items()))
-        print(f"  {name:24} total {sum(cpu.values()) * 1000 / n:6.1f}   {parts}")
+    ratio = rate(herald) / baseline_rate(bases)
+    spread = ", ".join(f"{rate(herald) / rate(b):.2f}x vs {b['label']}" for b in bases)
+    print(f"ratio Herald / mean baseline: {ratio:.2f}x ({spread})")
+    print(
+        "CPU ms per enrollment, by process (2 cores; `other` is the rest of the machine, "
+        "i.e. noise):"
+    )
+    for name, r in runs:
+        parts = "  ".join(f"{k} {v * 1000 / n:.1f}" for k, v in sorted(r["cpu_s"].items()))
+        print(f"  {name:24} total {cpu_ms(r):6.1f}   {parts}")
+    cpu_ratio = statistics.mean(cpu_ms(b) for b in bases) / cpu_ms(herald)
+    print(
+        f"CPU-normalised ratio (baseline CPU / Herald CPU per enrollment, robust to noise): "
+        f"{cpu_ratio:.2f}x"
+    )
+    print(
+        "history events per workflow: "
+        + ", ".join(f"{name} {r['history_events']:.1f}" for name, r in runs)
+    )
+    print(f"Herald worker: {sdk_line(herald['worker_sdk'])}")
     print(f"enrollments: {herald['enrollments']}  deliveries: {herald['deliveries']}")
     clean = herald["enrollments"] == {"exited/converted": n} and herald["deliveries"] == {
         "m1/sent/-": n
@@ -497,6 +604,7 @@ async def exit_latency(run: Run) -> dict:
     )
     picked = [(e, workflow_of[p]) for e, p in people[:samples]]
     log(f"2. exit latency: {len(picked)} {CONVERSION} events, one at a time")
+    metrics = scrape(run.stack.metrics_port)
     conn = run.ingest()
     row_ms, sent_wall, event_ids, timeouts = [], {}, {}, 0
     try:
@@ -518,6 +626,7 @@ async def exit_latency(run: Run) -> dict:
                 await asyncio.sleep(0.005)
     finally:
         conn.close()
+    sdk = sdk_delta(metrics, scrape(run.stack.metrics_port))
     closed = await run.all_closed(list(sent_wall))
     temporal_ms = [(closed[w] - sent_wall[w]) * 1000 for w in sent_wall if w in closed]
     routed_ms = []
@@ -532,6 +641,7 @@ async def exit_latency(run: Run) -> dict:
         "routed_ms": routed_ms,
         "row_closed_ms": row_ms,
         "temporal_closed_ms": temporal_ms,
+        "worker_sdk": sdk,
     }
 
 
@@ -552,6 +662,7 @@ def report_latency(result: dict) -> list[tuple[str, bool]]:
                 f"{name:36} {len(values):5d} {statistics.median(values):8.1f} "
                 f"{percentile(values, 0.99):8.1f} {max(values):8.1f}"
             )
+    print(f"Herald worker: {sdk_line(result['worker_sdk'])}")
     p99 = percentile(result["row_closed_ms"], 0.99) if result["row_closed_ms"] else float("inf")
     return [
         (f"p99 < {TARGET_EXIT_P99_MS} ms ({p99:.0f} ms)", p99 < TARGET_EXIT_P99_MS),
@@ -572,20 +683,30 @@ async def memory(run: Run, rss_log: list[dict]) -> dict:
     profiles_s = time.monotonic() - started
     peak = 0.0
     emails = [e for e, _ in people]
-    t0 = time.monotonic()
-    # In slices, so progress shows and the router's batches stay like real traffic.
-    for start in range(0, len(emails), 1_000):
-        await run.post_events(TRIGGER, emails[start : start + 1_000], f"sc-mem{start}")
-        peak = max(peak, run.stack.rss_mb().get("worker", 0))
-    posted_s = time.monotonic() - t0
+    progress = {"m1": -1, "at": time.monotonic(), "longest_pause": 0.0}
 
     def done(counts: dict) -> bool:
         nonlocal peak
         peak = max(peak, run.stack.rss_mb().get("worker", 0))
+        now = time.monotonic()
+        if counts["m1"] != progress["m1"]:
+            progress.update(m1=counts["m1"], at=now)
+        elif counts["enrolled"] > counts["m1"]:
+            # Enrollments wait for their first message, and none was sent since `at`.
+            progress["longest_pause"] = max(progress["longest_pause"], now - progress["at"])
         return counts["sleeping"] >= target
+
+    metrics = scrape(run.stack.metrics_port)
+    t0 = time.monotonic()
+    # In slices, so progress shows and the router's batches stay like real traffic.
+    for start in range(0, len(emails), 1_000):
+        await run.post_events(TRIGGER, emails[start : start + 1_000], f"sc-mem{start}")
+        done(run.counts())
+    posted_s = time.monotonic() - t0
 
     await run.wait_for(f"{target} sleeping", done, every=0.5)
     ramp_s = time.monotonic() - t0
+    sdk = sdk_delta(metrics, scrape(run.stack.metrics_port))
     samples = []
     for _ in range(5):
         await asyncio.sleep(1)
@@ -600,6 +721,8 @@ async def memory(run: Run, rss_log: list[dict]) -> dict:
         "worker_peak_mb": max(peak, *(s.get("worker", 0) for s in samples)),
         "worker_rest_mb": samples[-1].get("worker", 0),
         "rss_at_rest": samples[-1],
+        "worker_sdk": sdk,
+        "longest_delivery_pause_s": progress["longest_pause"],
     }
 
 
@@ -616,6 +739,11 @@ def report_memory(result: dict, rss_log: list[dict]) -> list[tuple[str, bool]]:
         f"ramp: {n} profiles with consent in {result['profiles_seconds']:.0f} s; "
         f"{n} enrollments from first event to all sleeping in {ramp:.0f} s "
         f"({n / ramp if ramp else 0:.1f}/s); worker peak {result['worker_peak_mb']:.0f} MB"
+    )
+    print(f"Herald worker during the ramp: {sdk_line(result['worker_sdk'])}")
+    print(
+        "longest pause in first messages while enrollments waited for theirs: "
+        f"{result['longest_delivery_pause_s']:.1f} s"
     )
     rest = result["worker_rest_mb"]
     return [
@@ -643,21 +771,25 @@ async def measure(stack: Stack, args, out: dict) -> None:
     out["rss"] = rss_log
     checks: list[tuple[str, bool]] = []
     scratch = stack.data_dir / "baseline.db"
+    # The baseline runs before and after Herald: on a shared machine either may be disturbed.
     worker = start_baseline_worker(stack, scratch)
     try:
-        log(f"1. baseline: {args.enrollments} bare workflows")
-        base = await baseline(run, scratch, worker.pid)
+        log(f"1. baseline (before): {args.enrollments} bare workflows")
+        bases = [await baseline(run, scratch, worker.pid, "before")]
+        herald = await herald_lifecycle(run)
+        log(f"1. baseline (after): {args.enrollments} bare workflows")
+        bases.append(await baseline(run, scratch, worker.pid, "after"))
     finally:
         worker.terminate()
         worker.wait(30)
-    out["baseline"] = base
-    herald = await herald_lifecycle(run)
+    out["baseline"] = bases
     out["herald"] = herald
-    out["ratio"] = rate(herald) / rate(base)
+    out["ratio"] = rate(herald) / baseline_rate(bases)
+    out["cpu_ratio"] = statistics.mean(cpu_ms(b) for b in bases) / cpu_ms(herald)
     rss_log.append(
         {"sleeping": 0, "after": f"1. {args.enrollments} enrolled + exited", **stack.rss_mb()}
     )
-    checks = report_lifecycle(base, herald, args)
+    checks = report_lifecycle(bases, herald, args)
     print_checks(checks)
     out["checks"] = dict(checks)
     sys.stdout.flush()

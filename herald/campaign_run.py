@@ -81,6 +81,8 @@ class WavePlan(BaseModel):
 class PlanRequest(BaseModel):
     settings: CampaignSettings
     path: PathSnapshot
+    # Every path of the campaign (for first-path-wins dedup of audiences).
+    all_paths: list[PathSnapshot] = Field(default_factory=list)
     message_id: str
     now: datetime
 
@@ -88,6 +90,7 @@ class PlanRequest(BaseModel):
 class PageRequest(BaseModel):
     settings: CampaignSettings
     path: PathSnapshot
+    all_paths: list[PathSnapshot] = Field(default_factory=list)
     message_id: str
     wave: Wave
     after_profile_id: str | None = None  # cursor within the wave
@@ -120,6 +123,7 @@ class PathRun(BaseModel):
 
     settings: CampaignSettings
     path: PathSnapshot
+    all_paths: list[PathSnapshot] = Field(default_factory=list)
     search_attributes: bool = True
     message_index: int = 0
     plan: WavePlan | None = None
@@ -128,3 +132,12 @@ class PathRun(BaseModel):
     sent_in_wave: int = 0
     progress: list[MessageProgress] = Field(default_factory=list)
     exits_seen: int = 0
+
+
+class FinishRequest(BaseModel):
+    """Ends a campaign (activity `finish_campaign`) or one message (`mark_message`)."""
+
+    campaign_id: str
+    status: str  # campaign: sent | cancelled; message: sending | sent | cancelled
+    reason: str | None = None  # e.g. no_recipients
+    message_id: str | None = None

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.campaign_routing import CampaignRoutingHandler
 from activities.flow_routing import FlowRoutingHandler, TemporalBridge
 from activities.metric_stats import MetricStatsHandler
 from activities.routing import RouterActivities
@@ -43,7 +44,9 @@ class FlowWorld:
             self.client, asyncio.get_running_loop(), settings.task_queue, search_attributes=False
         )
         self.flow_handler = FlowRoutingHandler(bridge)
-        self.router = RouterActivities(db.engine, [MetricStatsHandler(), self.flow_handler])
+        self.router = RouterActivities(
+            db.engine, [MetricStatsHandler(), self.flow_handler, CampaignRoutingHandler(bridge)]
+        )
 
     # ---- setup -----------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from activities.date_triggers import (
     is_due,
     parse_date_value,
 )
-from activities.flow_routing import FlowRoutingHandler, TemporalBridge, _Effects
+from activities.flow_routing import Effects, FlowRoutingHandler, TemporalBridge
 from herald.config import Settings
 from herald.consent import set_consent
 from herald.db import session_scope
@@ -70,7 +70,7 @@ class RecordingBridge:
         self.starts: dict[str, EnrollmentInput] = {}
         self.calls = 0
 
-    def apply(self, effects: _Effects) -> None:
+    def apply(self, effects: Effects) -> None:
         self.calls += 1
         assert effects.signals == [], "date triggers only start enrollments"
         for workflow_id, params in effects.starts:

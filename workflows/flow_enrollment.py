@@ -283,7 +283,8 @@ class FlowEnrollmentWorkflow:
                 "deliver",
                 request,
                 result_type=DeliveryResult,
-                start_to_close_timeout=timedelta(minutes=2),
+                # One message: seconds at most. Short, so one lost with its worker is retried soon.
+                start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=_DELIVER_RETRY,
             )
             if result.status != "held":

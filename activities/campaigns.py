@@ -1,0 +1,814 @@
+"""Campaign sending activities: plan a message's waves, send a page of recipients, close up.
+
+The path workflow (workflows/campaigns.py) carries only counts and a cursor; recipients are
+resolved here, page by page, with set-based SQL (herald/audience.py), and a whole page is
+decided, rendered and recorded in ONE transaction: one query for the page (profile, consent,
+exit state, earlier outcome), one per policy that needs history (smart sending, caps), one
+multi-row insert of delivery rows and one of outbox rows. The policy is the deliver activity's
+(herald/delivery_policy.py: same rules, same order, same reason names), applied to a page.
+
+Exactly once: every row's idempotency key is `campaign:<campaign>:<message>:<profile>` (unique
+in `delivery`), inserted with ON CONFLICT DO NOTHING ... RETURNING, and a message is handed to
+the provider only for rows this attempt inserted. A retried page (same request) finds the rows
+its earlier attempt committed, reports their recorded outcome and sends nothing again; rows from
+earlier pages or waves (recorded before this request's `now`) are left out of the page, so a
+wave may start its cursor anywhere and still never repeat anyone.
+
+Differences from the per-message `deliver` activity, by design:
+- Quiet hours skip (reason `quiet_hours`) instead of holding: a campaign message belongs to
+  its send time, and holding thousands of recipients would need per-recipient timers. Schedule
+  SMS/WhatsApp waves outside the window (local-time sends do that per recipient).
+- `now` is the workflow's time (`req.now`), so every policy follows the workflow's clock.
+- A recipient's unknown timezone means the campaign's (for waves and quiet hours alike).
+"""
+
+from collections import Counter
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from math import ceil
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import structlog
+from sqlalchemy import (
+    String,
+    and_,
+    bindparam,
+    cast,
+    false,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.delivery import SUBJECT_MAX
+from herald.audience import (
+    audience_condition,
+    campaign_audience,
+    campaign_zone,
+    conversions,
+    converted_since,
+    count_of,
+    effective_zone,
+    exit_metric_id,
+    exit_recorded,
+    timezone_condition,
+)
+from herald.campaign_run import (
+    CampaignSettings,
+    CampaignSnapshot,
+    FinishRequest,
+    MessageSnapshot,
+    PageRequest,
+    PageResult,
+    PathSnapshot,
+    PlanRequest,
+    Wave,
+    WavePlan,
+    path_workflow_id,
+)
+from herald.channels import (
+    ChannelProvider,
+    OutboxProvider,
+    OutgoingMessage,
+    ProviderRejected,
+    providers_for,
+)
+from herald.clock import activity_now
+from herald.config import Settings
+from herald.consent import address_for
+from herald.db import session_scope
+from herald.delivery_policy import (
+    DAY,
+    QUIET_HOURS_CHANNELS,
+    WEEK,
+    FailReason,
+    SkipReason,
+    cap_reached,
+    parse_clock,
+    quiet_hours_end,
+    recently_messaged,
+    smart_sending_window,
+)
+from herald.ids import new_id
+from herald.sql import insert_ignoring_conflicts
+from herald.templates import TemplateError, render, template_variables
+from models.account import Account
+from models.campaigns import Campaign, CampaignExit, CampaignMessage
+from models.delivery import Delivery, OutboxMessage
+from models.enums import ConsentStatus
+from models.profile import Consent, Profile
+
+log = structlog.get_logger("herald.campaigns")
+
+# Not in SkipReason (the deliver activity holds instead of skipping): see the module docstring.
+QUIET_HOURS = "quiet_hours"
+
+_profile = Profile.__table__
+_consent = Consent.__table__
+_delivery = Delivery.__table__
+_outbox = OutboxMessage.__table__
+_campaign = Campaign.__table__
+_message = CampaignMessage.__table__
+_exit = CampaignExit.__table__
+
+# A message's status only moves forward: draft → scheduled → sending → sent, or → cancelled.
+_MESSAGE_FROM = {
+    "scheduled": ("draft",),
+    "sending": ("draft", "scheduled"),
+    "sent": ("draft", "scheduled", "sending"),
+    "cancelled": ("draft", "scheduled", "sending"),
+}
+
+
+def idempotency_key(campaign_id: str, message_id: str, profile_id: str) -> str:
+    return f"campaign:{campaign_id}:{message_id}:{profile_id}"
+
+
+# ---- wave planning (pure) -----------------------------------------------------------------------
+
+
+def local_instant(send_at_local: str, zone: str, days: int = 0) -> datetime:
+    """A "YYYY-MM-DDTHH:MM" wall time in `zone` (plus whole days, as wall time) in UTC."""
+    wall = datetime.fromisoformat(send_at_local) + timedelta(days=days)
+    return wall.replace(tzinfo=ZoneInfo(zone)).astimezone(UTC)
+
+
+def staggered_waves(
+    at: datetime, count: int, percent: int | None, timezones: list[str] | None
+) -> list[Wave]:
+    """All at once, or `percent` of `count` recipients per hour (the last wave takes the rest)."""
+    if not percent:
+        return [Wave(at=at, timezones=timezones)]
+    waves = ceil(100 / percent)
+    size = -(-count * percent // 100)  # ceil without floats
+    return [
+        Wave(
+            at=at + timedelta(hours=k),
+            limit=None if k == waves - 1 else size,
+            timezones=timezones,
+        )
+        for k in range(waves)
+    ]
+
+
+def plan_waves(
+    settings: CampaignSettings,
+    message: MessageSnapshot,
+    now: datetime,
+    audience: int,
+    per_zone: Mapping[str, int] | None = None,
+) -> list[Wave]:
+    """The waves of a message, earliest first.
+
+    Fixed timezone: the send time in the campaign's zone. Local time: one wave per effective
+    recipient zone (`per_zone`: recipients per zone), at the send time's wall clock there; one
+    whose time has passed goes at `now` ("immediately") or a day later ("next_day").
+    Staggered messages split each of those into hourly waves.
+    """
+    if not settings.local_time:
+        at = local_instant(message.send_at_local, campaign_zone(settings))
+        return staggered_waves(at, audience, message.stagger_percent, None)
+    waves: list[Wave] = []
+    for zone, count in sorted((per_zone or {}).items()):
+        at = local_instant(message.send_at_local, zone)
+        if at < now:
+            if settings.past_time_policy == "next_day":
+                at = local_instant(message.send_at_local, zone, days=1)
+            else:
+                at = now
+        waves.extend(staggered_waves(at, count, message.stagger_percent, [zone]))
+    waves.sort(key=lambda w: (w.at, w.timezones or []))
+    return waves
+
+
+def _find_message(path: PathSnapshot, message_id: str) -> MessageSnapshot:
+    for message in path.messages:
+        if message.id == message_id:
+            return message
+    raise ApplicationError(
+        f"message {message_id!r} is not in path {path.id!r}",
+        type="InvalidCampaign",
+        non_retryable=True,
+    )
+
+
+def _audience(settings: CampaignSettings, path: PathSnapshot, all_paths: list[PathSnapshot]):
+    try:
+        return audience_condition(settings, path, all_paths)
+    except ValueError as exc:  # segments, or an incomplete snapshot: no retry can help
+        raise ApplicationError(str(exc), type="InvalidCampaign", non_retryable=True) from exc
+
+
+class _Page:
+    """Outcomes of one page, counted as the PageResult reports them."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.failed = 0
+        self.skipped: Counter[str] = Counter()
+
+    def count(self, status: str, reason: str | None) -> None:
+        if status == "sent":
+            self.sent += 1
+        elif status == "failed":
+            self.failed += 1
+        else:
+            self.skipped[str(reason)] += 1
+
+
+class CampaignActivities:
+    """The campaign sending activities; the worker wires the engine, settings and providers."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        *,
+        providers: Mapping[str, ChannelProvider] | None = None,
+    ):
+        self.engine = engine
+        self.settings = settings
+        self.providers = dict(providers) if providers is not None else providers_for(settings)
+
+    # ---- audience and plan ----
+
+    @activity.defn(name="count_campaign_audience")
+    def count_campaign_audience(self, snapshot: CampaignSnapshot) -> int:
+        """Everyone some path would send to (zero cancels the campaign)."""
+        try:
+            query = count_of(campaign_audience(snapshot.paths))
+        except ValueError as exc:
+            raise ApplicationError(str(exc), type="InvalidCampaign", non_retryable=True) from exc
+        with session_scope(self.engine) as session:
+            return int(session.execute(query).scalar_one())
+
+    @activity.defn(name="plan_message")
+    def plan_message(self, req: PlanRequest) -> WavePlan:
+        """Counts the message's audience (stored as its audience_size) and plans its waves."""
+        message = _find_message(req.path, req.message_id)
+        condition = _audience(req.settings, req.path, req.all_paths)
+        per_zone: Counter[str] | None = None
+        with session_scope(self.engine) as session:
+            if req.settings.local_time:
+                fallback = campaign_zone(req.settings)
+                per_zone = Counter()
+                rows = session.execute(
+                    select(_profile.c.timezone, func.count())
+                    .where(condition)
+                    .group_by(_profile.c.timezone)
+                )
+                for zone, count in rows:
+                    per_zone[effective_zone(zone, fallback)] += count
+                audience = sum(per_zone.values())
+            else:
+                audience = session.execute(
+                    select(func.count()).select_from(_profile).where(condition)
+                ).scalar_one()
+            session.execute(
+                update(_message).where(_message.c.id == message.id).values(audience_size=audience)
+            )
+        waves = plan_waves(req.settings, message, req.now, audience, per_zone)
+        return WavePlan(audience=audience, waves=waves)
+
+    # ---- sending ----
+
+    @activity.defn(name="send_page")
+    def send_page(self, req: PageRequest) -> PageResult:
+        """Sends the next page of a wave; see the module docstring for the guarantees."""
+        message = _find_message(req.path, req.message_id)
+        condition = _audience(req.settings, req.path, req.all_paths)
+        provider = self.providers.get(message.channel)
+        if provider is None:
+            raise ApplicationError(
+                f"no provider is configured for channel {message.channel!r}",
+                type="InvalidCampaign",
+                non_retryable=True,
+            )
+        wanted = req.page_size
+        if req.wave.limit is not None:
+            wanted = min(wanted, req.wave.limit - req.sent_in_wave)
+        if wanted <= 0:
+            return PageResult(recipients=0, sent=0, done=True)
+        with session_scope(self.engine) as session:
+            return self._send_page(session, req, message, condition, provider, wanted)
+
+    def _send_page(
+        self,
+        session: Session,
+        req: PageRequest,
+        message: MessageSnapshot,
+        condition,
+        provider: ChannelProvider,
+        wanted: int,
+    ) -> PageResult:
+        settings, now, channel = req.settings, req.now, message.channel
+        campaign_id = settings.campaign_id
+        campaign = session.execute(
+            select(_campaign.c.status, _campaign.c.started_at).where(_campaign.c.id == campaign_id)
+        ).first()
+        if campaign is None or campaign.status == "cancelled":
+            # Deleted or cancelled while this page waited: send nothing more.
+            return PageResult(recipients=0, sent=0, done=True)
+        # Serialises attempts at this message's pages (a retry waits for a zombie attempt to
+        # finish, then sees its rows); SQLite's BEGIN IMMEDIATE already does.
+        session.execute(select(_message.c.id).where(_message.c.id == message.id).with_for_update())
+        account = session.get(Account, 1) or Account()
+        fallback = campaign_zone(settings)
+
+        rows = session.execute(
+            self._page_query(session, req, message, account, condition, campaign.started_at, wanted)
+        ).all()
+        page = _Page()
+        candidates: list[Any] = []
+        new_exits: list[str] = []
+        deliveries: list[dict[str, Any]] = []
+
+        def skip(row, reason: str) -> None:
+            deliveries.append(self._row(req, message, row.id, "skipped", reason, now))
+
+        for row in rows:
+            if row.prior_status is not None:
+                # This page's earlier attempt recorded it: report that outcome, send nothing.
+                page.count(row.prior_status, row.prior_reason)
+            elif row.exited or row.converted:
+                if row.converted and not row.exited:
+                    new_exits.append(row.id)
+                skip(row, SkipReason.exited)
+            elif channel not in account.enabled_channels:
+                skip(row, SkipReason.channel_disabled)
+            elif not address_for(row, channel):
+                skip(row, SkipReason.missing_address)
+            elif row.consent != ConsentStatus.subscribed:
+                skip(row, SkipReason.no_consent)
+            else:
+                candidates.append(row)
+
+        if new_exits and campaign.started_at is not None:
+            self._record_exits(session, campaign_id, req, campaign.started_at, new_exits)
+        candidates = self._smart_sending(req, message, account, candidates, skip)
+        candidates = self._caps(message, account, candidates, skip)
+
+        outgoing: list[tuple[dict[str, Any], str]] = []  # (delivery row, body)
+        quiet = channel in QUIET_HOURS_CHANNELS
+        quiet_start, quiet_end = (
+            parse_clock(account.quiet_hours_start),
+            parse_clock(account.quiet_hours_end),
+        )
+        zones: dict[str, ZoneInfo] = {}
+        context = {"campaign": {"id": campaign_id, "name": settings.name}}
+        content = message.content
+        for row in candidates:
+            if quiet:
+                zone_name = effective_zone(row.timezone, fallback)
+                zone = zones.get(zone_name) or zones.setdefault(zone_name, ZoneInfo(zone_name))
+                if quiet_hours_end(now, zone, quiet_start, quiet_end) is not None:
+                    skip(row, QUIET_HOURS)
+                    continue
+            variables = template_variables(row._mapping, context)
+            try:
+                subject = render(content.subject, variables) if content.subject else None
+                body = render(content.body, variables)
+            except TemplateError as exc:
+                log.warning("template error", campaign=campaign_id, error=str(exc))
+                deliveries.append(
+                    self._row(req, message, row.id, "failed", FailReason.template_error, now)
+                )
+                continue
+            if subject is not None:
+                subject = " ".join(subject.split())[:SUBJECT_MAX]
+            address = address_for(row, channel)
+            sent = self._row(req, message, row.id, "sent", None, now)
+            sent.update(
+                provider=provider.name,
+                to_address=address[0] if isinstance(address, list) else address,
+                subject=subject,
+                sent_at=now,
+            )
+            deliveries.append(sent)
+            outgoing.append((sent, body))
+
+        sent_now = self._record(session, req, message, provider, deliveries, outgoing, page)
+        self._mark_sending(session, campaign_id, message.id, now, sent_now)
+        return PageResult(
+            recipients=len(rows),
+            sent=page.sent,
+            skipped=dict(page.skipped),
+            failed=page.failed,
+            last_profile_id=rows[-1].id if rows else None,
+            done=len(rows) < wanted,
+        )
+
+    def _page_query(
+        self,
+        session: Session,
+        req: PageRequest,
+        message: MessageSnapshot,
+        account: Account,
+        condition,
+        started_at: datetime | None,
+        wanted: int,
+    ):
+        """The page: audience members after the cursor (in the wave's zones), each with its
+        consent, exit state, this message's earlier outcome, and the recent sends on the channel
+        that smart sending and caps need (correlated index lookups, so every plan, generic or
+        not, stays a walk of the page's rows)."""
+        settings, now, channel = req.settings, req.now, message.channel.value
+        prior = _delivery.alias("prior")
+        key = literal(idempotency_key(settings.campaign_id, message.id, ""), String) + _profile.c.id
+        exited = converted = false()
+        if started_at is not None:
+            exited = exit_recorded(settings.campaign_id, _profile.c.id)
+            metric_id = None
+            if settings.exit_metric:
+                metric_id = session.execute(exit_metric_id(settings.exit_metric)).scalar()
+            if metric_id is not None:
+                converted = converted_since(metric_id, started_at, _profile.c.id)
+        stmt = (
+            select(
+                _profile.c.id,
+                _profile.c.email,
+                _profile.c.phone,
+                _profile.c.push_tokens,
+                _profile.c.first_name,
+                _profile.c.last_name,
+                _profile.c.timezone,
+                _profile.c.properties,
+                _consent.c.status.label("consent"),
+                prior.c.status.label("prior_status"),
+                prior.c.reason.label("prior_reason"),
+                exited.label("exited"),
+                converted.label("converted"),
+                *self._history_columns(message, account, now),
+            )
+            .select_from(
+                _profile.outerjoin(
+                    _consent,
+                    and_(
+                        _consent.c.profile_id == _profile.c.id,
+                        _consent.c.channel == channel,
+                    ),
+                ).outerjoin(prior, prior.c.idempotency_key == key)
+            )
+            .where(
+                condition,
+                # Recorded by an earlier page or wave: done. By this request (a retry): report.
+                or_(prior.c.id.is_(None), prior.c.created_at >= req.now),
+            )
+            .order_by(_profile.c.id)
+            .limit(wanted)
+        )
+        if req.after_profile_id is not None:
+            stmt = stmt.where(_profile.c.id > req.after_profile_id)
+        if req.wave.timezones is not None:
+            stmt = stmt.where(timezone_condition(req.wave.timezones, campaign_zone(settings)))
+        return stmt
+
+    def _history_columns(self, message: MessageSnapshot, account: Account, now: datetime):
+        """last_sent_at (smart sending) and sent_day, sent_week (caps) per page row, when the
+        message needs them: the deliver activity's queries, correlated with the profile."""
+        columns = []
+        channel = message.channel.value
+
+        def sends(since: datetime):
+            return and_(
+                _delivery.c.profile_id == _profile.c.id,
+                _delivery.c.channel == channel,
+                _delivery.c.status == "sent",
+                _delivery.c.sent_at > since,
+            )
+
+        window = self._smart_window(message, account)
+        if window is not None:
+            columns.append(
+                select(func.max(_delivery.c.sent_at))
+                .where(sends(now - window))
+                .scalar_subquery()
+                .label("last_sent_at")
+            )
+        if account.frequency_caps.get(message.channel):
+            columns.append(
+                select(func.count()).where(sends(now - DAY)).scalar_subquery().label("sent_day")
+            )
+            columns.append(
+                select(func.count()).where(sends(now - WEEK)).scalar_subquery().label("sent_week")
+            )
+        return columns
+
+    def _record_exits(
+        self,
+        session: Session,
+        campaign_id: str,
+        req: PageRequest,
+        started_at: datetime,
+        profile_ids: list[str],
+    ) -> None:
+        """Exit rows for converters found at send time, so reports list them too."""
+        metric_id = session.execute(exit_metric_id(req.settings.exit_metric)).scalar()
+        if metric_id is None:
+            return
+        first: dict[str, dict[str, Any]] = {}
+        for profile_id, event_id, time in session.execute(
+            conversions(metric_id, started_at, profile_ids)
+        ):
+            first.setdefault(
+                profile_id,
+                {
+                    "campaign_id": campaign_id,
+                    "profile_id": profile_id,
+                    "event_id": event_id,
+                    "converted_at": time,
+                },
+            )
+        if first:
+            session.execute(insert_ignoring_conflicts(session, _exit), list(first.values()))
+
+    def _smart_sending(self, req, message, account, candidates, skip) -> list:
+        window = self._smart_window(message, account)
+        if window is None:
+            return candidates
+        kept = []
+        for row in candidates:
+            if recently_messaged(row.last_sent_at, req.now, window):
+                skip(row, SkipReason.smart_sending)
+            else:
+                kept.append(row)
+        return kept
+
+    def _caps(self, message, account, candidates, skip) -> list:
+        caps = account.frequency_caps.get(message.channel)
+        if not caps:
+            return candidates
+        kept = []
+        for row in candidates:
+            if cap_reached(caps, row.sent_day or 0, row.sent_week or 0):
+                skip(row, SkipReason.capped)
+            else:
+                kept.append(row)
+        return kept
+
+    @staticmethod
+    def _smart_window(message: MessageSnapshot, account: Account) -> timedelta | None:
+        if not message.smart_sending:
+            return None
+        window = smart_sending_window(message.channel, account.smart_sending_hours)
+        return window if window > timedelta(0) else None
+
+    @staticmethod
+    def _row(
+        req: PageRequest,
+        message: MessageSnapshot,
+        profile_id: str,
+        status: str,
+        reason: str | None,
+        now: datetime,
+    ) -> dict[str, Any]:
+        campaign_id = req.settings.campaign_id
+        return {
+            "id": new_id("dl"),
+            "idempotency_key": idempotency_key(campaign_id, message.id, profile_id),
+            "run_kind": "campaign",
+            "run_id": campaign_id,
+            "step_id": message.id,
+            "workflow_id": path_workflow_id(campaign_id, req.path.id),
+            "profile_id": profile_id,
+            "channel": message.channel.value,
+            "status": status,
+            "reason": None if reason is None else str(reason),
+            "transactional": False,
+            "provider": None,
+            "provider_message_id": None,
+            "to_address": None,
+            "subject": None,
+            "created_at": now,
+            "sent_at": None,
+        }
+
+    def _record(
+        self,
+        session: Session,
+        req: PageRequest,
+        message: MessageSnapshot,
+        provider: ChannelProvider,
+        deliveries: list[dict[str, Any]],
+        outgoing: list[tuple[dict[str, Any], str]],
+        page: _Page,
+    ) -> int:
+        """Inserts the page's delivery rows, then hands the sent ones to the provider.
+
+        The page holds its message's row lock (PostgreSQL) or the database's write lock
+        (SQLite), so no other attempt inserts these keys meanwhile and the page query saw every
+        earlier one: every row here is new. Should a key be taken all the same, the page rolls
+        back before anything is sent and Temporal retries it; the retry reports the recorded
+        outcome. Returns how many messages this attempt sent.
+        """
+        if not deliveries:
+            return 0
+        # One multi-row statement; no RETURNING (it costs 2-3x on both backends).
+        inserted = session.execute(
+            insert_ignoring_conflicts(session, _delivery), deliveries
+        ).rowcount
+        if inserted is None or inserted < 0:  # PostgreSQL reports no count for executemany
+            inserted = session.execute(
+                select(func.count())
+                .select_from(_delivery)
+                .where(_delivery.c.id.in_([row["id"] for row in deliveries]))
+            ).scalar_one()
+        if inserted != len(deliveries):
+            raise ApplicationError(
+                f"{len(deliveries) - inserted} of this page's delivery keys were taken by a"
+                " concurrent attempt; retrying reports their outcome",
+                type="ConcurrentPage",
+            )
+        if isinstance(provider, OutboxProvider):
+            if outgoing:
+                session.execute(
+                    insert(_outbox),
+                    [self._outbox_row(req, message, row, body) for row, body in outgoing],
+                )
+                # The outbox row's id is the provider's message id, as the deliver activity
+                # records it: one set-based update over the page's sent rows.
+                outbox_id = (
+                    select(_outbox.c.id)
+                    .where(_outbox.c.delivery_id == _delivery.c.id)
+                    .scalar_subquery()
+                )
+                session.execute(
+                    update(_delivery)
+                    .where(_delivery.c.id.in_([row["id"] for row, _ in outgoing]))
+                    .values(provider_message_id=cast(outbox_id, String))
+                )
+        else:
+            self._send_each(session, req, message, provider, outgoing)
+        for row in deliveries:
+            page.count(row["status"], row["reason"])
+        return sum(row["status"] == "sent" for row in deliveries)
+
+    @staticmethod
+    def _outbox_row(
+        req: PageRequest, message: MessageSnapshot, row: dict[str, Any], body: str
+    ) -> dict[str, Any]:
+        return {
+            "delivery_id": row["id"],
+            "profile_id": row["profile_id"],
+            "channel": row["channel"],
+            "to_address": row["to_address"],
+            "subject": row["subject"],
+            "body": body,
+            "tracking": {
+                "$delivery_id": row["id"],
+                "run_kind": "campaign",
+                "run_id": req.settings.campaign_id,
+                "step_id": message.id,
+            },
+            "created_at": row["created_at"],
+        }
+
+    def _send_each(
+        self,
+        session: Session,
+        req: PageRequest,
+        message: MessageSnapshot,
+        provider: ChannelProvider,
+        outgoing: list[tuple[dict[str, Any], str]],
+    ) -> None:
+        """An external provider (SMTP): one call per message, inside the page's transaction.
+
+        ProviderUnavailable propagates: the page rolls back and Temporal retries it, so keep
+        such pages small (the same at-least-once window as the deliver activity, per page).
+        """
+        updates = []
+        for row, body in outgoing:
+            outgoing_message = OutgoingMessage(
+                delivery_id=row["id"],
+                idempotency_key=row["idempotency_key"],
+                profile_id=row["profile_id"],
+                channel=message.channel,
+                to_address=row["to_address"],
+                subject=row["subject"],
+                body=body,
+                sender=message.content.sender,
+                tracking={
+                    "$delivery_id": row["id"],
+                    "run_kind": "campaign",
+                    "run_id": req.settings.campaign_id,
+                    "step_id": message.id,
+                },
+            )
+            try:
+                row["provider_message_id"] = provider.send(session, outgoing_message)
+            except ProviderRejected as exc:
+                log.warning("provider rejected", key=row["idempotency_key"], error=str(exc))
+                row.update(status="failed", reason=FailReason.provider_rejected.value, sent_at=None)
+            updates.append(
+                {
+                    "b_id": row["id"],
+                    "b_status": row["status"],
+                    "b_reason": row["reason"],
+                    "b_pmid": row["provider_message_id"],
+                    "b_sent_at": row["sent_at"],
+                }
+            )
+        if updates:
+            session.execute(
+                update(_delivery)
+                .where(_delivery.c.id == bindparam("b_id"))
+                .values(
+                    status=bindparam("b_status"),
+                    reason=bindparam("b_reason"),
+                    provider_message_id=bindparam("b_pmid"),
+                    sent_at=bindparam("b_sent_at", type_=_delivery.c.sent_at.type),
+                ),
+                updates,
+            )
+
+    @staticmethod
+    def _mark_sending(
+        session: Session, campaign_id: str, message_id: str, now: datetime, sent_now: int
+    ) -> None:
+        if sent_now:
+            # The campaign starts with its first real send (any path): exit criteria count
+            # conversions from then on.
+            session.execute(
+                update(_campaign)
+                .where(_campaign.c.id == campaign_id, _campaign.c.started_at.is_(None))
+                .values(started_at=now)
+            )
+        session.execute(
+            update(_campaign)
+            .where(_campaign.c.id == campaign_id, _campaign.c.status == "scheduled")
+            .values(status="sending", updated_at=now)
+        )
+        session.execute(
+            update(_message)
+            .where(_message.c.id == message_id, _message.c.status.in_(_MESSAGE_FROM["sending"]))
+            .values(status="sending")
+        )
+
+    # ---- closing ----
+
+    @activity.defn(name="finish_campaign")
+    def finish_campaign(self, req: FinishRequest) -> None:
+        """Ends a scheduled or sending campaign as `sent` or `cancelled` (with its reason).
+
+        A campaign that is already cancelled, sent, or back in draft (unscheduled) is left as it
+        is, so a retry or a late finish never overwrites a cancellation. Its messages still
+        scheduled or sending take the campaign's final status.
+        """
+        if req.status not in ("sent", "cancelled"):
+            raise ApplicationError(
+                f"a campaign finishes as sent or cancelled, not {req.status!r}",
+                type="InvalidCampaign",
+                non_retryable=True,
+            )
+        now = activity_now()
+        with session_scope(self.engine) as session:
+            result = session.execute(
+                update(_campaign)
+                .where(
+                    _campaign.c.id == req.campaign_id,
+                    _campaign.c.status.in_(("scheduled", "sending")),
+                )
+                .values(
+                    status=req.status,
+                    finished_at=now,
+                    cancel_reason=req.reason if req.status == "cancelled" else None,
+                    updated_at=now,
+                )
+            )
+            if result.rowcount:
+                session.execute(
+                    update(_message)
+                    .where(
+                        _message.c.campaign_id == req.campaign_id,
+                        _message.c.status.in_(("scheduled", "sending")),
+                    )
+                    .values(status=req.status)
+                )
+
+    @activity.defn(name="mark_message")
+    def mark_message(self, req: FinishRequest) -> None:
+        """Moves one message forward (scheduled, sending, sent, cancelled); never backwards."""
+        if req.message_id is None or req.status not in _MESSAGE_FROM:
+            raise ApplicationError(
+                f"mark_message needs a message_id and one of {sorted(_MESSAGE_FROM)}",
+                type="InvalidCampaign",
+                non_retryable=True,
+            )
+        with session_scope(self.engine) as session:
+            session.execute(
+                update(_message)
+                .where(
+                    _message.c.id == req.message_id,
+                    _message.c.campaign_id == req.campaign_id,
+                    _message.c.status.in_(_MESSAGE_FROM[req.status]),
+                )
+                .values(status=req.status)
+            )
