@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, delete, exists, func, or_, select, union, update
-from sqlalchemy.sql import Select
+from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlmodel import Session
 
+from herald.audience import count_of, path_audience
 from herald.campaign_review import (
     MessageFacts,
     PathFacts,
@@ -59,7 +59,7 @@ from models.campaign_dto import (
 )
 from models.campaigns import Campaign, CampaignExit, CampaignMessage, CampaignPath
 from models.delivery import Delivery
-from models.lists import ListMembership, ProfileList
+from models.lists import ProfileList
 from models.types import utcnow
 
 SEGMENTS_UNAVAILABLE = (
@@ -550,48 +550,22 @@ def _touch(session: Session, campaign: Campaign) -> None:
 # ---- audiences ----------------------------------------------------------------------------------
 
 
-def _audience(path: CampaignPath) -> Select | None:
-    """SELECT DISTINCT profile_id of the path's audience (None when it includes nothing)."""
-    if not path.include_lists:
-        return None
-    members = ListMembership.__table__
-    included = members.alias()
-    stmt = select(included.c.profile_id).where(included.c.list_id.in_(path.include_lists))
-    if path.exclude_lists:
-        excluded = members.alias()
-        stmt = stmt.where(
-            ~exists().where(
-                excluded.c.profile_id == included.c.profile_id,
-                excluded.c.list_id.in_(path.exclude_lists),
-            )
-        )
-    return stmt.distinct()
-
-
-def audience_counts(session: Session, paths: Sequence[CampaignPath]) -> dict[str, tuple[int, int]]:
+def audience_counts(
+    session: Session, campaign: Campaign, paths: Sequence[CampaignPath]
+) -> dict[str, tuple[int, int]]:
     """Per path id: (audience size, how many of those an earlier path also reaches).
 
-    Set-based: two COUNT queries per path, whatever the audience size.
+    The same set-based SQL the campaign sends with (herald/audience.py): two COUNTs per path,
+    whatever the audience size.
     """
+    snaps = [_path_snapshot(p, []) for p in sorted(paths, key=lambda p: p.position)]
+    alone = CampaignSettings(campaign_id=campaign.id, name=campaign.name)
+    ordered = alone.model_copy(update={"path_order": [p.id for p in snaps]})
     out: dict[str, tuple[int, int]] = {}
-    earlier: list[Select] = []
-    for path in sorted(paths, key=lambda p: p.position):
-        audience = _audience(path)
-        if audience is None:
-            out[path.id] = (0, 0)
-            continue
-        rows = audience.subquery()
-        size = session.scalar(select(func.count()).select_from(rows)) or 0
-        shared = 0
-        if size and earlier:
-            stmt = (
-                select(func.count())
-                .select_from(rows)
-                .where(rows.c.profile_id.in_(union(*earlier) if len(earlier) > 1 else earlier[0]))
-            )
-            shared = session.scalar(stmt) or 0
-        out[path.id] = (size, shared)
-        earlier.append(audience)
+    for snap in snaps:
+        own = session.scalar(count_of(path_audience(alone, snap))) or 0
+        first_path_wins = session.scalar(count_of(path_audience(ordered, snap, snaps))) or 0
+        out[snap.id] = (own, own - first_path_wins)
     return out
 
 
@@ -611,7 +585,7 @@ def review(
         if referenced
         else set()
     )
-    counts = audience_counts(session, paths)
+    counts = audience_counts(session, campaign, paths)
     facts = ReviewFacts(
         timezone=campaign.timezone,
         now=now,
@@ -719,33 +693,34 @@ def snapshot(session: Session, campaign_id: str, search_attributes: bool) -> Cam
             exit_metric=campaign.exit_metric,
             path_order=[p.id for p in paths],
         ),
-        paths=[
-            PathSnapshot(
-                id=p.id,
-                position=p.position,
-                name=p.name,
-                include_lists=list(p.include_lists),
-                exclude_lists=list(p.exclude_lists),
-                include_segments=list(p.include_segments),
-                exclude_segments=list(p.exclude_segments),
-                messages=[
-                    MessageSnapshot(
-                        id=m.id,
-                        channel=m.channel,
-                        content=MessageContent.model_validate(
-                            {k: v for k, v in (m.content or {}).items() if v is not None}
-                        ),
-                        send_at_local=m.send_at_local,
-                        stagger_percent=m.stagger_percent,
-                        smart_sending=m.smart_sending,
-                        utm=m.utm,
-                    )
-                    for m in messages.get(p.id, [])
-                ],
-            )
-            for p in paths
-        ],
+        paths=[_path_snapshot(p, messages.get(p.id, [])) for p in paths],
         search_attributes=search_attributes,
+    )
+
+
+def _path_snapshot(path: CampaignPath, messages: Sequence[CampaignMessage]) -> PathSnapshot:
+    return PathSnapshot(
+        id=path.id,
+        position=path.position,
+        name=path.name,
+        include_lists=list(path.include_lists),
+        exclude_lists=list(path.exclude_lists),
+        include_segments=list(path.include_segments),
+        exclude_segments=list(path.exclude_segments),
+        messages=[
+            MessageSnapshot(
+                id=m.id,
+                channel=m.channel,
+                content=MessageContent.model_validate(
+                    {k: v for k, v in (m.content or {}).items() if v is not None}
+                ),
+                send_at_local=m.send_at_local,
+                stagger_percent=m.stagger_percent,
+                smart_sending=m.smart_sending,
+                utm=m.utm,
+            )
+            for m in messages
+        ],
     )
 
 
