@@ -2,17 +2,20 @@
 
 The path workflow (workflows/campaigns.py) carries only counts and a cursor; recipients are
 resolved here, page by page, with set-based SQL (herald/audience.py), and a whole page is
-decided, rendered and recorded in ONE transaction: one query for the page (profile, consent,
-exit state, earlier outcome), one per policy that needs history (smart sending, caps), one
-multi-row insert of delivery rows and one of outbox rows. The policy is the deliver activity's
-(herald/delivery_policy.py: same rules, same order, same reason names), applied to a page.
+decided, rendered and recorded in ONE transaction: one query for the page (each row with its
+consent, exit state, this message's earlier outcome, and the recent sends smart sending and caps
+need, all correlated index lookups), one multi-row insert of delivery rows, one of outbox rows
+and one update linking them. The policy is the deliver activity's (herald/delivery_policy.py:
+same rules, same order, same reason names), applied to a page.
 
 Exactly once: every row's idempotency key is `campaign:<campaign>:<message>:<profile>` (unique
-in `delivery`), inserted with ON CONFLICT DO NOTHING ... RETURNING, and a message is handed to
-the provider only for rows this attempt inserted. A retried page (same request) finds the rows
-its earlier attempt committed, reports their recorded outcome and sends nothing again; rows from
-earlier pages or waves (recorded before this request's `now`) are left out of the page, so a
-wave may start its cursor anywhere and still never repeat anyone.
+in `delivery`). A page holds its message's row lock (PostgreSQL; SQLite's BEGIN IMMEDIATE
+serialises all writers), so attempts at the same message never interleave; the page query sees
+the rows earlier attempts committed. A retried page (same request) finds the rows its earlier
+attempt committed, reports their recorded outcome and sends nothing again; rows from earlier
+pages or waves (recorded before this request's `now`) are left out of the page, so a wave may
+start its cursor anywhere and still never repeat anyone. The insert is ON CONFLICT DO NOTHING
+and its count is checked: a key taken after all rolls the page back (nothing sent) for a retry.
 
 Differences from the per-message `deliver` activity, by design:
 - Quiet hours skip (reason `quiet_hours`) instead of holding: a campaign message belongs to
@@ -108,8 +111,6 @@ from models.profile import Consent, Profile
 
 log = structlog.get_logger("herald.campaigns")
 
-# Not in SkipReason (the deliver activity holds instead of skipping): see the module docstring.
-QUIET_HOURS = "quiet_hours"
 
 _profile = Profile.__table__
 _consent = Consent.__table__
@@ -370,7 +371,7 @@ class CampaignActivities:
                 zone_name = effective_zone(row.timezone, fallback)
                 zone = zones.get(zone_name) or zones.setdefault(zone_name, ZoneInfo(zone_name))
                 if quiet_hours_end(now, zone, quiet_start, quiet_end) is not None:
-                    skip(row, QUIET_HOURS)
+                    skip(row, SkipReason.quiet_hours)
                     continue
             variables = template_variables(row._mapping, context)
             try:

@@ -28,6 +28,8 @@ class SkipReason(StrEnum):
     segment = "segment"
     smart_sending = "smart_sending"
     capped = "capped"
+    # Campaigns only: a flow holds an SMS until quiet hours end; a campaign wave skips it.
+    quiet_hours = "quiet_hours"
 
 
 class FailReason(StrEnum):

@@ -15,7 +15,18 @@ from liquid.exceptions import LiquidError
 # Profile fields every template sees as `profile.<field>`; properties are merged in beside them.
 PROFILE_FIELDS = ("id", "email", "phone", "first_name", "last_name", "timezone")
 
-_ENV = Environment()
+
+class _BoundedEnvironment(Environment):
+    """Templates are user input rendered in activities: cap loops and output so a template
+    cannot hang or flood a worker (a render over a limit fails as a template error)."""
+
+    loop_iteration_limit = 10_000
+    output_stream_limit = 1_000_000
+    local_namespace_limit = 100_000
+    context_depth_limit = 30
+
+
+_ENV = _BoundedEnvironment()
 
 
 class TemplateError(ValueError):

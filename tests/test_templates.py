@@ -79,3 +79,8 @@ def test_template_problem_accepts_valid_templates():
     assert template_problem("Hi {{ profile.first_name | default: 'there' | upcase }}") is None
     assert template_problem("{% for i in event.items %}{{ i }}{% endfor %}") is None
     assert template_problem("plain text") is None
+
+
+def test_a_runaway_template_fails_instead_of_hanging_the_worker():
+    with pytest.raises(TemplateError):
+        render("{% for i in (1..100000000) %}x{% endfor %}", {})
