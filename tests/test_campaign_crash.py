@@ -26,6 +26,7 @@ from models.lists import ListMembership, ProfileList
 from models.profile import Consent, Profile
 from models.types import utcnow
 from tests.conftest import free_port
+from workflows.router import ROUTER_WORKFLOW_ID
 
 RECIPIENTS = 20_000
 
@@ -168,6 +169,8 @@ async def test_killed_worker_sends_every_campaign_message_exactly_once(temporal_
             worker.wait(15)
         except subprocess.TimeoutExpired:
             worker.kill()
+        # `herald worker` started the shared router on this test's queue: leave the server clean.
+        await client.get_workflow_handle(ROUTER_WORKFLOW_ID).terminate("test done")
 
     assert db.scalar("SELECT count(*) FROM delivery") == RECIPIENTS
     assert db.scalar("SELECT count(DISTINCT idempotency_key) FROM delivery") == RECIPIENTS
