@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint fmt bench clean
+.PHONY: run test lint fmt bench bench-flows bench-campaigns clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,14 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/flows.py
+	$(BIN)/python bench/campaigns.py
+
+bench-flows: $(STAMP)
+	$(BIN)/python bench/flows.py
+
+bench-campaigns: $(STAMP)
+	$(BIN)/python bench/campaigns.py
 
 clean:
 	rm -rf $(VENV) .herald

@@ -85,7 +85,8 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _rss_kb(pid: int) -> int | None:
+def rss_kb(pid: int) -> int | None:
+    """Resident memory (VmRSS) of a process in kB, or None once it is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -93,6 +94,9 @@ def _rss_kb(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+_rss_kb = rss_kb  # the name the Stack used first
 
 
 class Stack:
@@ -175,8 +179,15 @@ class Stack:
                 found["api"] = int(entry.name)
         return found
 
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(
+                f"herald dev exited with {self.proc.returncode}; see {self.log_path}"
+            )
+
     def rss_mb(self) -> dict[str, float]:
         """Resident memory (VmRSS) of each child process, in MB."""
+        self.check_alive()
         out = {}
         for name, pid in self.children().items():
             kb = _rss_kb(pid)
