@@ -1,12 +1,15 @@
 """A campaign the way a user runs it: built, reviewed and scheduled over HTTP, sent by a worker."""
 
+import asyncio
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+from temporalio.service import RPCError
 
 from api.app import create_app
+from herald.campaign_run import QUERY_STATE, PathRun
 from herald.config import Settings
 from tests.conftest import serve
 from tests.flow_world import start_world
@@ -93,3 +96,56 @@ async def test_building_scheduling_and_reporting_a_campaign(stack):
     assert second["skipped"] == {"exited": 1}
     exits = (await admin.get(f"/v1/campaigns/{cid}/exits")).json()["data"]
     assert [e["profile_id"] for e in exits] == [shoppers[0]]
+
+
+async def test_unscheduling_and_cancelling_stop_the_pending_sends(stack):
+    world, admin = stack
+    shopper = world.profile("pending@example.com")
+    members = make_list(world, "Pending", shopper)
+    local = (await world.now()).astimezone(ZoneInfo("Europe/Amsterdam"))
+    at = (local + timedelta(days=1)).replace(hour=9, minute=0, second=0, microsecond=0)
+    cid = (
+        await admin.post("/v1/campaigns", json={"name": "Later", "timezone": "Europe/Amsterdam"})
+    ).json()["id"]
+    path = (
+        await admin.post(f"/v1/campaigns/{cid}/paths", json={"include_lists": [members]})
+    ).json()
+    await admin.post(
+        f"/v1/campaigns/{cid}/paths/{path['id']}/messages",
+        json={
+            "channel": "email",
+            "send_at": at.strftime("%Y-%m-%dT%H:%M"),
+            "content": {"subject": "Soon", "body": "unsubscribe", "sender": "s@x.io"},
+        },
+    )
+    handle = world.client.get_workflow_handle(f"campaign/{cid}")
+    path_handle = world.client.get_workflow_handle(f"campaign/{cid}/path/{path['id']}")
+
+    async def parked() -> None:
+        """Until the path workflow (this run of it) sleeps on its timer."""
+        for _ in range(500):
+            try:
+                run = await path_handle.query(QUERY_STATE, result_type=PathRun)
+                if run and run.progress and run.progress[0].next_wave_at:
+                    return
+            except RPCError:
+                pass  # not started yet
+            await asyncio.sleep(0.02)
+        raise AssertionError("the path workflow never parked")
+
+    assert (await admin.post(f"/v1/campaigns/{cid}/schedule")).status_code == 200
+    await parked()
+    assert (await admin.post(f"/v1/campaigns/{cid}/unschedule")).status_code == 200
+    assert (await admin.get(f"/v1/campaigns/{cid}")).json()["status"] == "draft"
+    assert (await path_handle.describe()).status.name == "CANCELED"
+
+    # Scheduled again, then cancelled: the timer never fires, nothing is sent.
+    assert (await admin.post(f"/v1/campaigns/{cid}/schedule")).status_code == 200
+    path_handle = world.client.get_workflow_handle(f"campaign/{cid}/path/{path['id']}")
+    await parked()
+    assert (await admin.post(f"/v1/campaigns/{cid}/cancel")).status_code == 200
+    await world.env.sleep(timedelta(days=2))
+    assert (await handle.describe()).status.name == "CANCELED"
+    assert world.sent(shopper) == []
+    campaign = (await admin.get(f"/v1/campaigns/{cid}")).json()
+    assert (campaign["status"], campaign["cancel_reason"]) == ("cancelled", "operator")
