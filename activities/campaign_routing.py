@@ -5,6 +5,7 @@ campaign that has started (its first message was sent at or before the event's t
 campaign_exit row. The send activity checks those rows (and the events themselves) at send time,
 so the exclusion holds whatever the signal does; the one `exits` signal per campaign and batch
 only keeps the path workflows' progress query current, and is bounded by batches, not profiles.
+It is sent after the routing transaction commits.
 """
 
 from collections import Counter
@@ -25,6 +26,11 @@ class CampaignRoutingHandler:
 
     def __init__(self, bridge: TemporalBridge) -> None:
         self.bridge = bridge
+        self._pending = Effects()
+
+    def after_commit(self, _engine) -> None:
+        effects, self._pending = self._pending, Effects()
+        self.bridge.apply(effects)
 
     def handle(self, session: Session, items: list[RoutedItem]) -> None:
         events = [i for i in items if i.kind is OutboxKind.event and not i.backfill and i.metric]
@@ -68,10 +74,9 @@ class CampaignRoutingHandler:
                 CampaignPath.campaign_id.in_(per_campaign)
             )
         ).all()
-        effects = Effects(
+        self._pending = Effects(
             signals=[
                 (path_workflow_id(campaign_id, path_id), SIGNAL_EXITS, per_campaign[campaign_id])
                 for campaign_id, path_id in paths
             ]
         )
-        self.bridge.apply(effects)

@@ -166,9 +166,9 @@ class DateTriggerActivities:
                     break
                 effects = Effects()
                 page = self._check_page(session, flows, rows, now, account_zone, effects)
-                # Before the commit, like the router: starts are idempotent (the workflow ID
-                # embeds the entry key), so a failed commit and a retried page are harmless.
-                self.handler.bridge.apply(effects)
+            # After the commit, like the router: the enrollment rows are there (unstarted), and
+            # the router's recovery starts any that a crash here leaves behind.
+            self.handler.start(self.engine, effects)
             after = rows[-1][0]
             counts.profiles_checked += page.profiles_checked
             counts.unparseable += page.unparseable

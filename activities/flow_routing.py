@@ -7,22 +7,30 @@ Runs inside the router's transaction (see herald/routing.py). For each routed it
 2. wait-for-event: running enrollments of the profile get an `event` signal for the metric;
 3. triggers: every live or manual flow whose trigger matches (metric + trigger filters, or the
    list) enrols the profile if re-entry and flow filters allow it.
-Exits come before triggers, so the event that starts an enrollment never ends it. Workflow
-starts and signals happen before the transaction commits and are idempotent: the workflow ID
-embeds the trigger's unique id, starting it again finds the same run (or, once it has closed,
-is refused), and a signal to a closed run is dropped.
+Exits come before triggers, so the event that starts an enrollment never ends it.
+
+Workflow starts and signals happen after the transaction commits (`after_commit`), so the
+router never holds the database (SQLite's single write lock) while it waits on Temporal. The
+enrollment row is written with `workflow_started = false` and flipped once Temporal accepted the
+start; rows a crash left unstarted are started again by a later batch. Starting is idempotent:
+the workflow ID embeds the trigger's unique id, starting it again finds the same run (or, once it
+has closed, is refused). A lost exit signal only delays the wake-up: the deliver activity reads
+the exit from the database before every send.
 """
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 import structlog
 from sqlalchemy import select, update
 from sqlmodel import Session
+from temporalio import activity
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -30,6 +38,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from herald.clock import activity_now
 from herald.conditions import profile_matches
+from herald.db import session_scope
 from herald.enrollment import (
     SIGNAL_EXIT,
     EnrollmentInput,
@@ -58,6 +67,13 @@ def entry_key(raw: str) -> str:
     return "h-" + hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
+# Concurrent Temporal calls per batch: enough to hide latency, few enough not to swamp a server.
+_CONCURRENT_CALLS = 32
+# An unstarted enrollment older than this was left by a crash between commit and start.
+_RECOVER_AFTER = timedelta(seconds=30)
+_RECOVERY_INTERVAL_SECONDS = 10.0
+
+
 @dataclass
 class Effects:
     starts: list[tuple[str, EnrollmentInput]] = field(default_factory=list)
@@ -80,14 +96,28 @@ class TemporalBridge:
         self.search_attributes = search_attributes
 
     def apply(self, effects: Effects) -> None:
-        if effects.starts or effects.signals:
-            future = asyncio.run_coroutine_threadsafe(self._apply(effects), self.loop)
-            future.result(timeout=120)
+        if not (effects.starts or effects.signals):
+            return
+        future = asyncio.run_coroutine_threadsafe(self._apply(effects), self.loop)
+        while True:
+            try:
+                future.result(timeout=2)
+                return
+            except concurrent.futures.TimeoutError:
+                # Thousands of starts can take a while: keep the calling activity alive.
+                if activity.in_activity():
+                    activity.heartbeat()
 
     async def _apply(self, effects: Effects) -> None:
+        gate = asyncio.Semaphore(_CONCURRENT_CALLS)
+
+        async def bounded(call):
+            async with gate:
+                await call
+
         await asyncio.gather(
-            *(self._start(wid, params) for wid, params in effects.starts),
-            *(self._signal(*s) for s in effects.signals),
+            *(bounded(self._start(wid, params)) for wid, params in effects.starts),
+            *(bounded(self._signal(*s)) for s in effects.signals),
         )
 
     async def _start(self, workflow_id: str, params: EnrollmentInput) -> None:
@@ -126,19 +156,70 @@ class FlowRoutingHandler:
         self.bridge = bridge
         self.clock = clock
         self._definitions: dict[tuple[str, int], FlowDefinition] = {}
+        self._pending = Effects()
+        self._last_recovery = 0.0
 
     def handle(self, session: Session, items: list[RoutedItem]) -> None:
+        effects = self._pending = Effects()
         live = [i for i in items if not i.backfill]
         if not live:
             return
-        effects = Effects()
         flows = self._candidate_flows(session, live)
         for item in live:
             if item.kind is OutboxKind.event:
                 self._exits(session, item, effects)
                 self._wake_waiters(session, item, effects)
             self._triggers(session, item, flows, effects)
+
+    def after_commit(self, engine) -> None:
+        effects, self._pending = self._pending, Effects()
+        self.start(engine, effects)
+        if time.monotonic() - self._last_recovery >= _RECOVERY_INTERVAL_SECONDS:
+            self._last_recovery = time.monotonic()
+            effects = Effects()
+            with session_scope(engine) as session:
+                self._recover(session, effects)
+            self.start(engine, effects)
+
+    def start(self, engine, effects: Effects) -> None:
+        """Starts (and signals) what a committed transaction decided; marks the starts done."""
         self.bridge.apply(effects)
+        if effects.starts:
+            started = [wid for wid, _ in effects.starts]
+            with session_scope(engine) as session:
+                session.execute(
+                    update(FlowEnrollment)
+                    .where(FlowEnrollment.workflow_id.in_(started))
+                    .values(workflow_started=True)
+                )
+
+    def _recover(self, session: Session, effects: Effects) -> None:
+        rows = session.execute(
+            select(FlowEnrollment)
+            .where(
+                FlowEnrollment.workflow_started.is_(False),
+                FlowEnrollment.started_at < self.clock() - _RECOVER_AFTER,
+            )
+            .order_by(FlowEnrollment.started_at)
+            .limit(200)
+        ).scalars()
+        for row in rows:
+            flow = session.get(Flow, row.flow_id)
+            effects.starts.append(
+                (
+                    row.workflow_id,
+                    EnrollmentInput(
+                        flow_id=row.flow_id,
+                        flow_name=flow.name if flow else row.flow_id,
+                        version=row.version,
+                        profile_id=row.profile_id,
+                        entry_key=row.entry_key,
+                        timezone=self._timezone(session, row.profile_id),
+                        definition=self.definition(session, row.flow_id, row.version),
+                        trigger=TriggerContext.model_validate(row.trigger),
+                    ),
+                )
+            )
 
     # ---- lookups -------------------------------------------------------------------------------
 
@@ -260,6 +341,7 @@ class FlowRoutingHandler:
                     "current_step": definition.entry_step,
                     "trigger": trigger.model_dump(mode="json"),
                     "started_at": now,
+                    "workflow_started": False,
                 }
             ],
         ).first()

@@ -53,7 +53,12 @@ class RouterActivities:
             if items:
                 for handler in self.handlers:
                     handler.handle(session, items)
-            return len(items)
+        # Committed: now the effects outside the database (Temporal starts and signals).
+        for handler in self.handlers:
+            after_commit = getattr(handler, "after_commit", None)
+            if after_commit is not None:
+                after_commit(self.engine)
+        return len(items)
 
     def _claim(self, session: Session) -> list[RoutedItem]:
         outbox = RoutingOutbox.__table__

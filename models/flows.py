@@ -68,6 +68,10 @@ class FlowEnrollment(SQLModel, table=True):
     trigger: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType))
     started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # False from the routing transaction until Temporal accepted the start (done after commit,
+    # so the router never holds the database while it talks to Temporal); the router retries
+    # rows left False by a crash in between.
+    workflow_started: bool = Field(default=True)
 
 
 class EnrollmentStep(SQLModel, table=True):

@@ -159,3 +159,27 @@ async def test_editing_a_live_flow_leaves_sleeping_enrollments_on_their_version(
     for history in histories:
         assert isinstance(history, WorkflowHistory)
         await replayer.replay_workflow(history)
+
+
+async def test_an_enrollment_whose_start_was_lost_in_a_crash_is_started_later(world, monkeypatch):
+    world.flow(order_flow({"mode": "every_time"}))
+    buyer = world.profile("crashed@example.com")
+
+    async def temporal_down(*_args):
+        raise RuntimeError("worker died between the commit and the start")
+
+    monkeypatch.setattr(world.flow_handler.bridge, "_start", temporal_down)
+    with pytest.raises(RuntimeError):
+        await world.event("Placed Order", buyer, "LOST-1")
+    monkeypatch.undo()
+    # Committed with the routed event, but no workflow yet.
+    [(workflow_id, status, _, _)] = world.enrollments(buyer)
+    assert status == "running"
+    assert world.db.scalar("SELECT workflow_started FROM flow_enrollment") in (False, 0)
+    assert world.sent(buyer) == []
+
+    await world.env.sleep(timedelta(minutes=1))
+    world.flow_handler._last_recovery = 0.0  # the periodic check is due
+    await world.route()
+    await world.until(lambda: len(world.sent(buyer)) == 1)
+    assert world.db.scalar("SELECT workflow_started FROM flow_enrollment") in (True, 1)
