@@ -88,7 +88,10 @@ def build_worker(
             campaigns.mark_message,
         ],
         # Activities do blocking DB I/O, so they run in threads, not on the event loop.
-        activity_executor=ThreadPoolExecutor(max_workers=16),
+        activity_executor=ThreadPoolExecutor(max_workers=settings.worker_activity_threads),
+        max_concurrent_activities=settings.worker_activity_threads,
+        max_concurrent_local_activities=settings.worker_activity_threads,
+        max_cached_workflows=settings.worker_max_cached_workflows,
         interceptors=[LogContextInterceptor()],
     )
 

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     worker_metrics_port: int = 9464
+    # Workflows kept in the worker's memory between tasks (each ~200 KB); more are replayed.
+    worker_max_cached_workflows: int = 500
+    # Activity threads: the router, sends and every local activity share them.
+    worker_activity_threads: int = 16
 
     log_level: str = "INFO"
     log_format: Literal["console", "json", "auto"] = "auto"
