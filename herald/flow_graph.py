@@ -1,8 +1,8 @@
-"""Flow definitions: triggers, filters, conditions and the typed step graph, and their validation.
+"""Flow definitions: triggers, filters, conditions and the typed step graph.
 
 Pure: no database, no FastAPI. Workflows import it (the definition travels in the enrollment's
-input) and the API validates with it. `validate_definition` returns every problem at once, each
-naming the step (or field) and the reason.
+input). Shape errors are pydantic's; graph and reference checks (unreachable steps, cycles,
+unknown metrics, templates) are in herald/flow_validation.py, which reports them all at once.
 """
 
 from datetime import time
