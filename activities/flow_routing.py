@@ -198,6 +198,7 @@ class FlowRoutingHandler:
             select(FlowEnrollment)
             .where(
                 FlowEnrollment.workflow_started.is_(False),
+                FlowEnrollment.status == "running",
                 FlowEnrollment.started_at < self.clock() - _RECOVER_AFTER,
             )
             .order_by(FlowEnrollment.started_at)
