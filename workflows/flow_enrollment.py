@@ -254,7 +254,7 @@ class FlowEnrollmentWorkflow:
             if gate != "queue":  # draft message or flow: skipped, the walk goes on
                 self._record(step.id, step.type, "skipped", reason=gate)
                 return
-            await self._await_review(step.id)
+            await self._await_review(step)
             if self.exit_reason is not None:
                 return
             if self.decisions[step.id] == "rejected":
@@ -302,9 +302,10 @@ class FlowEnrollmentWorkflow:
             elif result.reason == "exited":
                 self.exit_reason = self.exit_reason or "exited"
 
-    async def _await_review(self, step_id: str) -> None:
+    async def _await_review(self, step: Message) -> None:
         """Waits for the operator's decision. The API signals it, and also records it in the
         database first; re-reading that every few hours covers a signal that never arrived."""
+        step_id = step.id
         self.waiting_for = "review"
         while self.exit_reason is None and step_id not in self.decisions:
             try:
@@ -320,8 +321,8 @@ class FlowEnrollmentWorkflow:
                         flow_id=self.input.flow_id,
                         profile_id=self.input.profile_id,
                         step_id=step_id,
-                        channel="email",
-                        message_status=None,
+                        channel=step.channel,
+                        message_status=step.status,
                         at=workflow.now(),
                     ),
                     result_type=str,
