@@ -142,7 +142,7 @@ class Stack:
                 if keys_file.exists() and httpx.get(f"{self.base}/readyz").status_code == 200:
                     break
             except httpx.HTTPError:
-                pass
+                pass  # not listening yet: poll again
             time.sleep(0.3)
         self.keys = json.loads(keys_file.read_text())
 

@@ -18,11 +18,10 @@ from herald.flow_graph import (
     SegmentCondition,
 )
 from herald.property_filters import compare, lookup
+from herald.templates import template_variables
 from models.events import Event, Metric
 from models.lists import ListMembership
 from models.profile import Consent, Profile
-
-_PROFILE_FIELDS = ("id", "external_id", "email", "phone", "first_name", "last_name", "timezone")
 
 
 class ConditionUnavailable(ValueError):
@@ -30,11 +29,8 @@ class ConditionUnavailable(ValueError):
 
 
 def profile_data(profile: Profile) -> dict:
-    """What property conditions see: the profile's fields, then its free-form properties."""
-    data = dict(profile.properties or {})
-    data.update({f: getattr(profile, f) for f in _PROFILE_FIELDS if getattr(profile, f)})
-    data["properties"] = profile.properties or {}
-    return data
+    """What property conditions see: exactly what templates see as `profile`."""
+    return template_variables(profile.model_dump(), {})["profile"]
 
 
 def profile_matches(session: Session, profile_id: str, conditions: list, now: datetime) -> bool:

@@ -13,7 +13,7 @@ from liquid import BoundTemplate, Environment
 from liquid.exceptions import LiquidError
 
 # Profile fields every template sees as `profile.<field>`; properties are merged in beside them.
-PROFILE_FIELDS = ("id", "email", "phone", "first_name", "last_name", "timezone")
+PROFILE_FIELDS = ("id", "external_id", "email", "phone", "first_name", "last_name", "timezone")
 
 
 class _BoundedEnvironment(Environment):

@@ -166,7 +166,7 @@ class FlowWorld:
         now = await self.now()
         self.flow_handler.clock = lambda: now
         while await asyncio.to_thread(self.router.route_once):
-            pass
+            pass  # route batches until the outbox is empty
         await self.settle()
 
     def email(self, profile_id: str) -> str:

@@ -435,6 +435,17 @@ async def _until(condition, within: float = 30.0):
         await asyncio.sleep(0.1)
 
 
+def _nine_oclock_birthday(at: datetime) -> tuple[str, datetime, date]:
+    """A fixed-offset zone where `at` is 09:xx (Etc/GMT-3 is UTC+3), and a birthday due then."""
+    offset = 9 - at.hour
+    offset = offset + 24 if offset < -12 else offset
+    zone = "UTC" if offset == 0 else f"Etc/GMT{-offset:+d}"
+    local = at.astimezone(ZoneInfo(zone))
+    assert local.hour == 9
+    born = date(1992 if (local.month, local.day) == (2, 29) else 1990, local.month, local.day)
+    return zone, local, born
+
+
 async def test_the_hourly_schedule_enrols_a_profile_whose_birthday_is_this_hour(
     temporal_server, db, monkeypatch
 ):
@@ -442,30 +453,26 @@ async def test_the_hourly_schedule_enrols_a_profile_whose_birthday_is_this_hour(
     settings = Settings(
         database_url=db.url, task_queue=f"dates-{uuid.uuid4().hex[:8]}", search_attributes=True
     )
+    # The schedule fires "now", which may fall in the next hour if the test starts at hh:59:59:
+    # set up a profile whose birthday is due this hour and one due the next hour, and expect
+    # exactly the one that matches the hour the schedule fired for.
     now = datetime.now(UTC)
-    if now.minute == 59 and now.second > 40:  # keep the run inside the hour it was set up for
-        await asyncio.sleep(61 - now.second)
-        now = datetime.now(UTC)
-    # A fixed-offset zone where it is 09:xx now (Etc/GMT-3 is UTC+3).
-    offset = 9 - now.hour
-    offset = offset + 24 if offset < -12 else offset
-    zone = "UTC" if offset == 0 else f"Etc/GMT{-offset:+d}"
-    local = now.astimezone(ZoneInfo(zone))
-    assert local.hour == 9
-    born = date(1992 if (local.month, local.day) == (2, 29) else 1990, local.month, local.day)
-
     world = DateWorld(db)
     flow = world.flow(at="09:00")
-    profile = world.profile(zone, birthday=born.isoformat())
-    world.profile(zone, birthday=(born + timedelta(days=1)).isoformat())
-    with session_scope(db.engine) as session:
-        row = session.get(Profile, profile)
-        set_consent(session, row, Channel.email, ConsentStatus.subscribed, "test")
+    candidates = {}  # fired UTC hour -> (profile id, local date it is due on)
+    for hour_start in (now, now + timedelta(hours=1)):
+        zone, local, born = _nine_oclock_birthday(hour_start)
+        profile = world.profile(zone, birthday=born.isoformat())
+        with session_scope(db.engine) as session:
+            row = session.get(Profile, profile)
+            set_consent(session, row, Channel.email, ConsentStatus.subscribed, "test")
+        candidates[hour_start.hour] = (profile, local.date())
+    zone, _, born = _nine_oclock_birthday(now)
+    world.profile(zone, birthday=(born + timedelta(days=1)).isoformat())  # tomorrow: not due
 
     # Its own schedule id: other tests' workers share this server and ensure the default one.
     schedule_id = f"{DATE_TRIGGER_SCHEDULE_ID}-{uuid.uuid4().hex[:8]}"
     schedule = client.get_schedule_handle(schedule_id)
-    enrollment = enrollment_workflow_id(flow, profile, f"date-{local.date().isoformat()}")
     async with _worker(client, settings, db, monkeypatch):
         try:
             await ensure_date_trigger_schedule(client, settings, schedule_id)
@@ -498,8 +505,10 @@ async def test_the_hourly_schedule_enrols_a_profile_whose_birthday_is_this_hour(
                 if e.HasField("activity_task_scheduled_event_attributes")
             ]
             assert datetime.fromisoformat(checked) == fired
+            profile, due_on = candidates[fired.astimezone(UTC).hour]
+            enrollment = enrollment_workflow_id(flow, profile, f"date-{due_on.isoformat()}")
             assert counts == DateTriggerCounts(
-                flows=1, profiles_checked=2, enrolled=1, unparseable=0
+                flows=1, profiles_checked=3, enrolled=1, unparseable=0
             )
 
             rows = db.rows("SELECT workflow_id, profile_id FROM flow_enrollment")

@@ -159,7 +159,7 @@ class _Hook(BaseHTTPRequestHandler):
         self.wfile.write(b"ok")
 
     def log_message(self, *_args):
-        pass
+        pass  # keep the test output quiet
 
 
 @pytest.fixture

@@ -97,7 +97,7 @@ class _Handler(BaseHTTPRequestHandler):
             pass  # the client stopped reading: that is what the size limit does
 
     def log_message(self, format: str, *args) -> None:
-        pass
+        pass  # keep the test output quiet
 
 
 @contextmanager

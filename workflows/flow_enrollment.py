@@ -209,7 +209,7 @@ class FlowEnrollmentWorkflow:
                     lambda: self.exit_reason is not None, timeout=timedelta(seconds=remaining)
                 )
         except TimeoutError:
-            pass
+            pass  # the delay ran out without an exit: the usual way a delay ends
         finally:
             self.next_wake_at, self.waiting_for = None, None
         return self.exit_reason is not None
@@ -224,7 +224,7 @@ class FlowEnrollmentWorkflow:
                 timeout=timeout,
             )
         except TimeoutError:
-            pass
+            pass  # neither the event nor an exit came: take the on_timeout branch
         finally:
             self.next_wake_at, self.waiting_for = None, None
         if self.exit_reason is not None:
