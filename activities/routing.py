@@ -91,6 +91,7 @@ class RouterActivities:
                 outbox.c.backfill,
                 outbox.c.event_id,
                 outbox.c.list_id,
+                outbox.c.segment_id,
                 event.c.metric_id,
                 metric.c.name,
                 event.c.time,
@@ -118,6 +119,7 @@ class RouterActivities:
                 properties=r.properties,
                 unique_id=r.unique_id,
                 list_id=r.list_id,
+                segment_id=r.segment_id,
             )
             for r in rows
         ]

@@ -34,6 +34,8 @@ class RoutedItem:
     unique_id: str | None = None
     # Set for kind == list_added:
     list_id: str | None = None
+    # Set for kind == segment_added / segment_removed:
+    segment_id: str | None = None
 
 
 class RoutingHandler(Protocol):

@@ -12,6 +12,7 @@ from models.flows import EnrollmentStep, Flow, FlowEnrollment, FlowVersion, Revi
 from models.lists import ListMembership, ProfileList
 from models.profile import Consent, ConsentChange, Profile
 from models.routing import RoutingOutbox
+from models.segments import DeliveryEngagement, RfmRun, RfmScore, Segment, SegmentMembership
 
 __all__ = [
     "Account",
@@ -23,6 +24,7 @@ __all__ = [
     "Consent",
     "ConsentChange",
     "Delivery",
+    "DeliveryEngagement",
     "EnrollmentStep",
     "Event",
     "Flow",
@@ -35,5 +37,9 @@ __all__ = [
     "ProfileList",
     "ProfileMetricStat",
     "ReviewItem",
+    "RfmRun",
+    "RfmScore",
     "RoutingOutbox",
+    "Segment",
+    "SegmentMembership",
 ]

@@ -25,3 +25,8 @@ class ApiKeyKind(StrEnum):
 class OutboxKind(StrEnum):
     event = "event"
     list_added = "list_added"
+    # Profile fields, properties, consent or list removals changed: segments re-check the profile.
+    profile_changed = "profile_changed"
+    # Membership changes of a segment ("added to segment" triggers flows).
+    segment_added = "segment_added"
+    segment_removed = "segment_removed"

@@ -45,6 +45,10 @@ class RoutingOutbox(SQLModel, table=True):
             String(40), ForeignKey("profile_list.id", ondelete="CASCADE"), nullable=True
         ),
     )
+    segment_id: str | None = Field(
+        default=None,
+        sa_column=Column(String(40), ForeignKey("segment.id", ondelete="CASCADE"), nullable=True),
+    )
     # Backfilled events update stats and segments but never fire triggers.
     backfill: bool = False
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
