@@ -33,6 +33,10 @@ SHOPIFY_SECRET = "shpss_test_secret"
 
 # Tables emptied between tests, children first. Account, metrics and API keys persist.
 _TRANSIENT_TABLES = (
+    "segment_membership",
+    "delivery_engagement",
+    "rfm_score",
+    "rfm_run",
     "campaign_exit",
     "campaign_message",
     "campaign_path",
@@ -45,6 +49,7 @@ _TRANSIENT_TABLES = (
     "flow_version",
     "flow",
     "routing_outbox",
+    "segment",
     "profile_metric_stat",
     "event",
     "list_membership",
