@@ -14,10 +14,14 @@ from activities.campaign_routing import CampaignRoutingHandler
 from activities.campaigns import CampaignActivities
 from activities.date_triggers import DateTriggerActivities
 from activities.delivery import DeliveryActivities
+from activities.engagement_routing import EngagementHandler
 from activities.flow_routing import FlowRoutingHandler, TemporalBridge
 from activities.flows import FlowActivities
 from activities.metric_stats import MetricStatsHandler
+from activities.rfm import RfmActivities
 from activities.routing import RouterActivities
+from activities.segment_refresh import SegmentRefreshActivities
+from activities.segment_routing import SegmentRoutingHandler
 from activities.webhooks import WebhookActivities
 from herald.config import Settings
 from herald.db import make_engine
@@ -28,7 +32,9 @@ from herald.temporal import connect
 from workflows.campaigns import CampaignPathWorkflow, CampaignWorkflow
 from workflows.date_triggers import DateTriggerWorkflow, ensure_date_trigger_schedule
 from workflows.flow_enrollment import FlowEnrollmentWorkflow
+from workflows.rfm import RfmWorkflow, ensure_rfm_schedule
 from workflows.router import ROUTER_WORKFLOW_ID, EventRouterWorkflow, RouterState
+from workflows.segment_refresh import SegmentRefreshWorkflow, ensure_segment_refresh_schedule
 
 log = structlog.get_logger("herald.worker")
 
@@ -38,7 +44,13 @@ def routing_handlers(client: Client, settings: Settings) -> list[RoutingHandler]
     bridge = TemporalBridge(
         client, asyncio.get_running_loop(), settings.task_queue, settings.search_attributes
     )
-    return [MetricStatsHandler(), FlowRoutingHandler(bridge), CampaignRoutingHandler(bridge)]
+    return [
+        MetricStatsHandler(),
+        EngagementHandler(),
+        SegmentRoutingHandler(),
+        FlowRoutingHandler(bridge),
+        CampaignRoutingHandler(bridge),
+    ]
 
 
 def build_worker(
@@ -57,6 +69,8 @@ def build_worker(
         client, asyncio.get_running_loop(), settings.task_queue, settings.search_attributes
     )
     dates = DateTriggerActivities(engine, FlowRoutingHandler(date_bridge))
+    rfm = RfmActivities(engine)
+    segment_refresh = SegmentRefreshActivities(engine)
     campaigns = CampaignActivities(engine, settings)
     return Worker(
         client,
@@ -65,6 +79,8 @@ def build_worker(
             EventRouterWorkflow,
             FlowEnrollmentWorkflow,
             DateTriggerWorkflow,
+            RfmWorkflow,
+            SegmentRefreshWorkflow,
             CampaignWorkflow,
             CampaignPathWorkflow,
         ],
@@ -81,6 +97,8 @@ def build_worker(
             webhooks.call_webhook,
             webhooks.send_internal_alert,
             dates.enrol_date_triggers,
+            rfm.run_rfm_analysis,
+            segment_refresh.refresh_time_relative_segments,
             campaigns.count_campaign_audience,
             campaigns.plan_message,
             campaigns.send_page,
@@ -124,6 +142,8 @@ async def run_worker(settings: Settings) -> None:
     worker = build_worker(client, settings, engine)
     await ensure_router(client, settings)
     await ensure_date_trigger_schedule(client, settings)
+    await ensure_rfm_schedule(client, settings)
+    await ensure_segment_refresh_schedule(client, settings)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -62,6 +62,7 @@ from herald.audience import (
     effective_zone,
     exit_metric_id,
     exit_recorded,
+    segments_named,
     timezone_condition,
 )
 from herald.campaign_run import (
@@ -101,6 +102,7 @@ from herald.delivery_policy import (
     smart_sending_window,
 )
 from herald.ids import new_id
+from herald.segment_membership import segment_clauses
 from herald.sql import insert_ignoring_conflicts
 from herald.templates import TemplateError, render, template_variables
 from models.account import Account
@@ -201,10 +203,16 @@ def _find_message(path: PathSnapshot, message_id: str) -> MessageSnapshot:
     )
 
 
-def _audience(settings: CampaignSettings, path: PathSnapshot, all_paths: list[PathSnapshot]):
+def _audience(
+    engine: Engine, settings: CampaignSettings, path: PathSnapshot, all_paths: list[PathSnapshot]
+):
+    """The path's audience now (segments are evaluated at send time, like lists)."""
     try:
-        return audience_condition(settings, path, all_paths)
-    except ValueError as exc:  # segments, or an incomplete snapshot: no retry can help
+        with session_scope(engine) as session:
+            named = segments_named([path, *all_paths])
+            segments = segment_clauses(session, named, activity_now())
+        return audience_condition(settings, path, all_paths, segments)
+    except ValueError as exc:  # a deleted segment, or an incomplete snapshot: no retry can help
         raise ApplicationError(str(exc), type="InvalidCampaign", non_retryable=True) from exc
 
 
@@ -244,18 +252,22 @@ class CampaignActivities:
     @activity.defn(name="count_campaign_audience")
     def count_campaign_audience(self, snapshot: CampaignSnapshot) -> int:
         """Everyone some path would send to (zero cancels the campaign)."""
-        try:
-            query = count_of(campaign_audience(snapshot.paths))
-        except ValueError as exc:
-            raise ApplicationError(str(exc), type="InvalidCampaign", non_retryable=True) from exc
         with session_scope(self.engine) as session:
+            named = segments_named(snapshot.paths)
+            segments = segment_clauses(session, named, activity_now())
+            try:
+                query = count_of(campaign_audience(snapshot.paths, segments))
+            except ValueError as exc:
+                raise ApplicationError(
+                    str(exc), type="InvalidCampaign", non_retryable=True
+                ) from exc
             return int(session.execute(query).scalar_one())
 
     @activity.defn(name="plan_message")
     def plan_message(self, req: PlanRequest) -> WavePlan:
         """Counts the message's audience (stored as its audience_size) and plans its waves."""
         message = _find_message(req.path, req.message_id)
-        condition = _audience(req.settings, req.path, req.all_paths)
+        condition = _audience(self.engine, req.settings, req.path, req.all_paths)
         per_zone: Counter[str] | None = None
         with session_scope(self.engine) as session:
             if req.settings.local_time:
@@ -285,7 +297,7 @@ class CampaignActivities:
     def send_page(self, req: PageRequest) -> PageResult:
         """Sends the next page of a wave; see the module docstring for the guarantees."""
         message = _find_message(req.path, req.message_id)
-        condition = _audience(req.settings, req.path, req.all_paths)
+        condition = _audience(self.engine, req.settings, req.path, req.all_paths)
         provider = self.providers.get(message.channel)
         if provider is None:
             raise ApplicationError(

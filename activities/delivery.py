@@ -38,6 +38,7 @@ from herald.delivery_policy import (
     zone_or,
 )
 from herald.ids import new_id
+from herald.segment_membership import is_member
 from herald.templates import TemplateError, render, template_variables
 from models.account import Account
 from models.campaigns import Campaign
@@ -68,14 +69,6 @@ def campaign_exited(session: Session, request: DeliveryRequest) -> bool:
         metric_id = session.execute(exit_metric_id(campaign.exit_metric)).scalar()
     condition = exited_condition(request.run_id, metric_id, campaign.started_at, request.profile_id)
     return bool(session.execute(select(condition)).scalar())
-
-
-def segment_member(session: Session, segment_id: str, profile_id: str) -> bool:
-    """Is the profile still in the segment that triggered its flow?
-
-    The segments issue fills this in with the membership table; until then everyone is.
-    """
-    return True
 
 
 def flow_exited(session: Session, workflow_id: str) -> bool:
@@ -268,7 +261,7 @@ def skip_reason(
         return SkipReason.no_consent
     if request.filters and not profile_matches(session, profile.id, request.filters, now):
         return SkipReason.filter
-    if request.segment_id and not segment_member(session, request.segment_id, profile.id):
+    if request.segment_id and not is_member(session, request.segment_id, profile.id, now):
         return SkipReason.segment
     if request.smart_sending:
         window = smart_sending_window(channel, account.smart_sending_hours)

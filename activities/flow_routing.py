@@ -5,8 +5,9 @@ Runs inside the router's transaction (see herald/routing.py). For each routed it
    exit_reason `converted` in the database (what the deliver activity checks at send time) and
    an `exit` signal (what wakes them now);
 2. wait-for-event: running enrollments of the profile get an `event` signal for the metric;
-3. triggers: every live or manual flow whose trigger matches (metric + trigger filters, or the
-   list) enrols the profile if re-entry and flow filters allow it.
+3. triggers: every live or manual flow whose trigger matches (metric + trigger filters, the list,
+   or the segment the profile organically entered) enrols the profile if re-entry and flow
+   filters allow it.
 Exits come before triggers, so the event that starts an enrollment never ends it.
 
 Workflow starts and signals happen after the transaction commits (`after_commit`), so the
@@ -233,13 +234,14 @@ class FlowRoutingHandler:
 
     def _candidate_flows(self, session: Session, items: list[RoutedItem]) -> list[Flow]:
         keys = {i.metric for i in items if i.metric} | {i.list_id for i in items if i.list_id}
+        keys |= {i.segment_id for i in items if i.kind is OutboxKind.segment_added}
         if not keys:
             return []
         return list(
             session.execute(
                 select(Flow).where(
                     Flow.trigger_key.in_(keys),
-                    Flow.trigger_type.in_(("metric", "list")),
+                    Flow.trigger_type.in_(("metric", "list", "segment")),
                     Flow.status.in_(("live", "manual")),
                     Flow.deleted_at.is_(None),
                 )
@@ -303,6 +305,11 @@ class FlowRoutingHandler:
                     continue
                 trigger = TriggerContext(type="list", list_id=item.list_id)
                 key = f"list-{item.outbox_id}"
+            elif item.kind is OutboxKind.segment_added:
+                if flow.trigger_type != "segment" or flow.trigger_key != item.segment_id:
+                    continue
+                trigger = TriggerContext(type="segment", segment_id=item.segment_id)
+                key = f"segment-{item.outbox_id}"
             else:
                 continue
             self._enrol(session, flow, item.profile_id, key, trigger, effects)

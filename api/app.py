@@ -14,10 +14,13 @@ from api.routers import (
     events,
     flows,
     health,
+    journey_results,
     lists,
     outbox,
     profiles,
+    rfm,
     routing,
+    segments,
     tracking,
     webhooks,
 )
@@ -61,6 +64,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         health,
         profiles,
         lists,
+        segments,
+        rfm,
         events,
         tracking,
         webhooks,
@@ -70,6 +75,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         flows,
         enrollments,
         campaigns,
+        journey_results,
     ):
         app.include_router(module.router)
     return app

@@ -7,11 +7,13 @@ the first one in `path_order`). Each rule is an EXISTS / NOT EXISTS over `list_m
 index walk over profile ids and never a list of ids in Python. The same SQL runs on SQLite and
 PostgreSQL.
 
-Segments are not available yet: a path that names one raises ValueError, rather than sending to
-a different audience than the one the marketer chose.
+Segments are included and excluded like lists, through their compiled definitions
+(herald/segment_sql.py, evaluated when the audience is read): callers pass `segments`, the clause
+of every segment the paths name. A path naming a segment that is not there raises ValueError
+rather than sending to a different audience than the one the marketer chose.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
 from zoneinfo import available_timezones
@@ -76,16 +78,32 @@ def _in_any(list_ids: Sequence[str]) -> ColumnElement[bool]:
     )
 
 
-def _own_audience(path: PathSnapshot) -> ColumnElement[bool]:
+SegmentClauses = Mapping[str, ColumnElement[bool]]
+
+
+def _segment(segments: SegmentClauses, path: PathSnapshot, segment_id: str) -> ColumnElement[bool]:
+    if segment_id not in segments:
+        raise ValueError(f"path {path.id!r} names segment {segment_id!r}, which does not exist")
+    return segments[segment_id]
+
+
+def _own_audience(path: PathSnapshot, segments: SegmentClauses) -> ColumnElement[bool]:
     """Included minus excluded, before first-path-wins."""
-    if path.include_segments or path.exclude_segments:
-        raise ValueError(f"path {path.id!r} targets segments, which campaigns cannot resolve yet")
-    if not path.include_lists:
+    included = [_in_any(path.include_lists)] if path.include_lists else []
+    included += [_segment(segments, path, s) for s in path.include_segments]
+    if not included:
         return false()
-    condition = _in_any(path.include_lists)
-    if path.exclude_lists:
-        condition = and_(condition, not_(_in_any(path.exclude_lists)))
+    excluded = [_in_any(path.exclude_lists)] if path.exclude_lists else []
+    excluded += [_segment(segments, path, s) for s in path.exclude_segments]
+    condition = or_(*included)
+    if excluded:
+        condition = and_(condition, not_(or_(*excluded)))
     return condition
+
+
+def segments_named(paths: Sequence[PathSnapshot]) -> set[str]:
+    """Every segment id the paths include or exclude."""
+    return {s for p in paths for s in (*p.include_segments, *p.exclude_segments)}
 
 
 def earlier_paths(
@@ -110,32 +128,41 @@ def earlier_paths(
 
 
 def audience_condition(
-    settings: CampaignSettings, path: PathSnapshot, all_paths: Sequence[PathSnapshot] = ()
+    settings: CampaignSettings,
+    path: PathSnapshot,
+    all_paths: Sequence[PathSnapshot] = (),
+    segments: SegmentClauses | None = None,
 ) -> ColumnElement[bool]:
     """The WHERE clause over `profile` that selects the path's audience."""
-    condition = _own_audience(path)
+    segments = segments or {}
+    condition = _own_audience(path, segments)
     for earlier in earlier_paths(settings, path, all_paths):
         # The union of the earlier paths' final audiences is the union of their own audiences.
-        condition = and_(condition, not_(_own_audience(earlier)))
+        condition = and_(condition, not_(_own_audience(earlier, segments)))
     return condition
 
 
 def path_audience(
-    settings: CampaignSettings, path: PathSnapshot, all_paths: Sequence[PathSnapshot] = ()
+    settings: CampaignSettings,
+    path: PathSnapshot,
+    all_paths: Sequence[PathSnapshot] = (),
+    segments: SegmentClauses | None = None,
 ) -> Select:
     """SELECT profile.id for the path's audience (first path wins; see the module docstring).
 
     `all_paths` are the campaign's paths (any order; `settings.path_order` orders them); it may
     be empty only when no path comes before `path`.
     """
-    return select(_profile.c.id).where(audience_condition(settings, path, all_paths))
+    return select(_profile.c.id).where(audience_condition(settings, path, all_paths, segments))
 
 
-def campaign_audience(paths: Sequence[PathSnapshot]) -> Select:
+def campaign_audience(
+    paths: Sequence[PathSnapshot], segments: SegmentClauses | None = None
+) -> Select:
     """SELECT profile.id for everyone any path sends to: the union of the paths' audiences."""
     if not paths:
         return select(_profile.c.id).where(false())
-    return select(_profile.c.id).where(or_(*(_own_audience(p) for p in paths)))
+    return select(_profile.c.id).where(or_(*(_own_audience(p, segments or {}) for p in paths)))
 
 
 def count_of(query: Select) -> Select:

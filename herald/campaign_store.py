@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlmodel import Session
 
-from herald.audience import count_of, path_audience
+from herald.audience import count_of, path_audience, segments_named
 from herald.campaign_review import (
     MessageFacts,
     PathFacts,
@@ -35,6 +35,7 @@ from herald.campaign_run import (
 )
 from herald.flow_graph import MessageContent
 from herald.ids import new_id
+from herald.segment_membership import segment_clauses
 from models.account import Account
 from models.campaign_dto import (
     LOCKED_FIELDS,
@@ -60,11 +61,9 @@ from models.campaign_dto import (
 from models.campaigns import Campaign, CampaignExit, CampaignMessage, CampaignPath
 from models.delivery import Delivery
 from models.lists import ProfileList
+from models.segments import Segment
 from models.types import utcnow
 
-SEGMENTS_UNAVAILABLE = (
-    "segments are not available yet: a path's audience can use lists until segments are built"
-)
 STAGGER_WITH_LOCAL_TIME = (
     "a staggered send cannot use recipient local time: local time fires each timezone's "
     "recipients at the message's time, staggering releases a share of the path every hour; "
@@ -264,11 +263,21 @@ def require_draft(campaign: Campaign) -> None:
 
 
 def _check_audience(session: Session, values: dict[str, list[str]]) -> dict[str, list[str]]:
-    """Deduplicates the id lists; refuses unknown lists and (for now) every segment."""
-    for name in _SEGMENT_FIELDS:
-        if values.get(name):
-            raise InvalidCampaign(f"{name}[0]", SEGMENTS_UNAVAILABLE)
+    """Deduplicates the id lists; refuses unknown lists and unknown or draft segments."""
     out = {name: list(dict.fromkeys(ids)) for name, ids in values.items()}
+    named = {i for name in _SEGMENT_FIELDS for i in out.get(name, [])}
+    status = dict(
+        session.execute(select(Segment.id, Segment.status).where(Segment.id.in_(named))).all()
+        if named
+        else []
+    )
+    for name in _SEGMENT_FIELDS:
+        for index, segment_id in enumerate(out.get(name, [])):
+            if segment_id not in status:
+                raise InvalidCampaign(f"{name}[{index}]", f"no segment has id {segment_id!r}")
+            if status[segment_id] != "live":
+                reason = f"segment {segment_id!r} is a draft: set it live first"
+                raise InvalidCampaign(f"{name}[{index}]", reason)
     wanted = {i for name in _LIST_FIELDS for i in out.get(name, [])}
     known = (
         set(session.scalars(select(ProfileList.id).where(ProfileList.id.in_(wanted))))
@@ -561,10 +570,12 @@ def audience_counts(
     snaps = [_path_snapshot(p, []) for p in sorted(paths, key=lambda p: p.position)]
     alone = CampaignSettings(campaign_id=campaign.id, name=campaign.name)
     ordered = alone.model_copy(update={"path_order": [p.id for p in snaps]})
+    segments = segment_clauses(session, segments_named(snaps), utcnow())
     out: dict[str, tuple[int, int]] = {}
     for snap in snaps:
-        own = session.scalar(count_of(path_audience(alone, snap))) or 0
-        first_path_wins = session.scalar(count_of(path_audience(ordered, snap, snaps))) or 0
+        own = session.scalar(count_of(path_audience(alone, snap, (), segments))) or 0
+        ordered_query = path_audience(ordered, snap, snaps, segments)
+        first_path_wins = session.scalar(count_of(ordered_query)) or 0
         out[snap.id] = (own, own - first_path_wins)
     return out
 

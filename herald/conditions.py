@@ -1,7 +1,8 @@
 """Profile conditions (flow filters, conditional splits) evaluated against the database.
 
 One small query per condition kind; a flow has a handful of conditions, and the split or send
-they guard does far more work. Segment conditions arrive with segments (the segments issue).
+they guard does far more work. Segment conditions run the segment's
+compiled definition for the one profile (herald/segment_membership.is_member).
 """
 
 from datetime import datetime, timedelta
@@ -18,6 +19,7 @@ from herald.flow_graph import (
     SegmentCondition,
 )
 from herald.property_filters import compare, lookup
+from herald.segment_membership import is_member
 from herald.templates import template_variables
 from models.events import Event, Metric
 from models.lists import ListMembership
@@ -60,7 +62,7 @@ def _holds(session: Session, profile: Profile, condition, now: datetime) -> bool
     if isinstance(condition, RfmCondition):
         return (profile.properties or {}).get("rfm_group") in condition.groups
     if isinstance(condition, SegmentCondition):
-        raise ConditionUnavailable("segment conditions need segments, which are not built yet")
+        return is_member(session, condition.segment_id, profile.id, now) == condition.member
     raise ConditionUnavailable(f"unknown condition {condition!r}")
 
 

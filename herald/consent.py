@@ -2,6 +2,7 @@
 
 from sqlmodel import Session, select
 
+from herald.profile_changes import announce_profile_changes
 from models.enums import Channel, ConsentStatus
 from models.profile import Consent, ConsentChange, Profile
 from models.types import utcnow
@@ -34,6 +35,8 @@ def set_consent(
     session.add(
         ConsentChange(profile_id=profile.id, channel=channel, status=status, source=source, at=now)
     )
+    session.flush()  # the profile row exists before the outbox row names it
+    announce_profile_changes(session, [profile.id], now)
     return row
 
 

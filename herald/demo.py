@@ -46,6 +46,48 @@ THANK_YOU = {
 }
 
 
+BUYERS = {
+    "name": "Big orders in 30 days (demo)",
+    "definition": {
+        "all_of": [
+            {
+                "any_of": [
+                    {
+                        "type": "metric",
+                        "metric": "Placed Order",
+                        "operator": "at_least",
+                        "count": 1,
+                        "timeframe": {"type": "last_days", "days": 30},
+                        "filters": [
+                            {
+                                "property": "$value",
+                                "value_type": "number",
+                                "operator": "gt",
+                                "value": 100,
+                            }
+                        ],
+                    }
+                ]
+            },
+            {"any_of": [{"type": "consent", "channel": "email", "status": "subscribed"}]},
+        ]
+    },
+}
+
+
+def _demo_segment(admin: httpx.Client) -> None:
+    """A segment over what the demo just sent: its members are computed when it is saved."""
+    segments = admin.get("/v1/segments", params={"limit": 500}).json()["data"]
+    segment = next((s for s in segments if s["name"] == BUYERS["name"]), None)
+    if segment is None:
+        segment = _show(
+            "segment: ordered over 100 in 30 days", admin.post("/v1/segments", json=BUYERS)
+        )
+        admin.post(f"/v1/segments/{segment['id']}/status", json={"status": "live"})
+    members = admin.get(f"/v1/segments/{segment['id']}/members").json()["data"]
+    print(f"  segment {segment['name']!r}: {[m['email'] for m in members]}")
+
+
 def run_demo(base: str, private_key: str, write_key: str, temporal_address: str) -> None:
     admin = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {private_key}"})
     ingest = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {write_key}"})
@@ -116,6 +158,7 @@ def run_demo(base: str, private_key: str, write_key: str, temporal_address: str)
         print(f"  outbox -> {message['to']}: {message['subject']!r} / {message['body']!r}")
     profile = admin.get(f"/v1/profiles/{ids[0]}").json()
     print(f"  Ada's metrics (maintained by the router): {profile['metrics']}")
+    _demo_segment(admin)
     for kind in ("router", "flow"):
         print(f"\n  temporal workflow list --query \"HeraldKind='{kind}'\":")
         listing = subprocess.run(

@@ -46,13 +46,16 @@ def validate_definition(
     known_metrics: set[str],
     known_lists: set[str],
     known_segments: set[str] | None = None,
+    draft_segments: frozenset[str] | set[str] = frozenset(),
 ) -> list[dict]:
     """Every problem of `defn` as [{"field", "reason"}]; an empty list means it is valid.
 
     Fields name the step as `steps[<index>] (<step id>).<field>`. `known_segments` is None while
-    this installation has no segments, which makes every segment reference a problem.
+    this installation has no segments, which makes every segment reference a problem; it holds the
+    live segments, and `draft_segments` those that exist but must be set live before use.
     """
     check = _Check(defn, known_metrics, known_lists, known_segments)
+    check.draft_segments = set(draft_segments)
     check.flow_level()
     for index, step in enumerate(defn.steps):
         check.step(index, step)
@@ -71,6 +74,7 @@ class _Check:
         self.defn = defn
         self.metrics, self.lists, self.segments = metrics, lists, segments
         self.problems: list[dict] = []
+        self.draft_segments: set[str] = set()
         # The first step of each id: what edges lead to (duplicates are reported, not followed).
         self.index_of: dict[str, int] = {}
         for i, step in enumerate(defn.steps):
@@ -96,6 +100,8 @@ class _Check:
     def segment(self, field: str, segment_id: str) -> None:
         if self.segments is None:
             self.add(field, SEGMENTS_UNAVAILABLE)
+        elif segment_id in self.draft_segments:
+            self.add(field, f"segment {segment_id!r} is a draft: set it live first")
         elif segment_id not in self.segments:
             self.add(field, f"no segment has id {segment_id!r}")
 

@@ -4,6 +4,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from herald.db import session_scope
+from herald.profile_changes import announce_profile_changes
 from herald.profiles import IdentityIndex
 from models.profile import ProfileCreate
 
@@ -16,6 +17,7 @@ def identify(engine: Engine, profiles: list[ProfileCreate]) -> list[str]:
                 index = IdentityIndex(session, profiles)
                 ids = [index.resolve(p, p)[0].id for p in profiles]
                 session.flush()
+                announce_profile_changes(session, ids)
                 return ids
         except IntegrityError:  # a concurrent request created one of these profiles first
             if attempt == 2:

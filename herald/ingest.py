@@ -14,10 +14,11 @@ from sqlalchemy.orm import Session
 
 from herald.catalogue import is_builtin
 from herald.db import session_scope
+from herald.profile_changes import announce_profile_changes
 from herald.profiles import IdentityIndex
 from herald.sql import insert_ignoring_conflicts
 from models.enums import OutboxKind
-from models.events import Event, EventIn, Metric
+from models.events import Event, EventIn, EventProfile, Metric
 from models.routing import RoutingOutbox
 from models.types import utcnow
 
@@ -87,8 +88,19 @@ def _ingest(
 ) -> list[Ingested]:
     now = utcnow()
     index = IdentityIndex(session, (e.profile for e in events))
-    profiles = [index.resolve(e.profile, e.profile)[0] for e in events]
+    resolved = [index.resolve(e.profile, e.profile) for e in events]
+    profiles = [profile for profile, _ in resolved]
     session.flush()  # new profiles get their rows before events reference them
+    # New profiles, and ones the events' attributes may have changed, re-check their segments.
+    announce_profile_changes(
+        session,
+        (
+            p.id
+            for (p, created), e in zip(resolved, events, strict=True)
+            if created or _has_attributes(e.profile)
+        ),
+        now,
+    )
 
     rows = []
     for event, profile in zip(events, profiles, strict=True):
@@ -137,6 +149,16 @@ def _ingest(
     if outbox:
         session.execute(RoutingOutbox.__table__.insert(), outbox)
     return results
+
+
+def _has_attributes(profile: EventProfile) -> bool:
+    return bool(
+        profile.properties
+        or any(
+            getattr(profile, name) is not None
+            for name in ("first_name", "last_name", "timezone", "push_tokens")
+        )
+    )
 
 
 def _fill_duplicate_ids(session: Session, results: list[Ingested], rows: list[dict]) -> None:

@@ -3,6 +3,7 @@
 from sqlalchemy import delete, func, select
 from sqlmodel import Session
 
+from herald.profile_changes import announce_profile_changes
 from herald.sql import insert_ignoring_conflicts
 from models.enums import OutboxKind
 from models.lists import ListMembership
@@ -59,12 +60,15 @@ def add_members(session: Session, list_id: str, profile_ids: list[str]) -> int:
 
 def remove_members(session: Session, list_id: str, profile_ids: list[str]) -> int:
     wanted = _require_profiles(session, profile_ids)
-    result = session.execute(
-        delete(ListMembership).where(
-            ListMembership.list_id == list_id, ListMembership.profile_id.in_(wanted)
-        )
+    removed = list(
+        session.execute(
+            delete(ListMembership)
+            .where(ListMembership.list_id == list_id, ListMembership.profile_id.in_(wanted))
+            .returning(ListMembership.profile_id)
+        ).scalars()
     )
-    return result.rowcount
+    announce_profile_changes(session, removed)  # segments on "not in list" may now match
+    return len(removed)
 
 
 def member_counts(session: Session, list_ids: list[str]) -> dict[str, int]:

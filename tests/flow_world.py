@@ -16,9 +16,11 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.campaign_routing import CampaignRoutingHandler
+from activities.engagement_routing import EngagementHandler
 from activities.flow_routing import FlowRoutingHandler, TemporalBridge
 from activities.metric_stats import MetricStatsHandler
 from activities.routing import RouterActivities
+from activities.segment_routing import SegmentRoutingHandler
 from herald.config import Settings
 from herald.consent import set_consent
 from herald.db import session_scope
@@ -44,8 +46,16 @@ class FlowWorld:
             self.client, asyncio.get_running_loop(), settings.task_queue, search_attributes=False
         )
         self.flow_handler = FlowRoutingHandler(bridge)
+        self.segment_handler = SegmentRoutingHandler()
         self.router = RouterActivities(
-            db.engine, [MetricStatsHandler(), self.flow_handler, CampaignRoutingHandler(bridge)]
+            db.engine,
+            [
+                MetricStatsHandler(),
+                EngagementHandler(),
+                self.segment_handler,
+                self.flow_handler,
+                CampaignRoutingHandler(bridge),
+            ],
         )
 
     # ---- setup -----------------------------------------------------------------------------
@@ -54,7 +64,11 @@ class FlowWorld:
         parsed = FlowDefinition.model_validate(definition)
         flow_id = new_id("fl")
         trigger = parsed.trigger
-        key = getattr(trigger, "metric", None) or getattr(trigger, "list_id", None)
+        key = (
+            getattr(trigger, "metric", None)
+            or getattr(trigger, "list_id", None)
+            or getattr(trigger, "segment_id", None)
+        )
         with session_scope(self.db.engine) as session:
             session.add(
                 Flow(
@@ -164,7 +178,7 @@ class FlowWorld:
     async def route(self) -> None:
         # Routing runs outside an activity here: give it the simulated clock.
         now = await self.now()
-        self.flow_handler.clock = lambda: now
+        self.flow_handler.clock = self.segment_handler.clock = lambda: now
         while await asyncio.to_thread(self.router.route_once):
             pass  # route batches until the outbox is empty
         await self.settle()

@@ -340,7 +340,7 @@ def test_audience_refuses_segments_and_missing_paths(db, acts):
     lst = make_list(db, *p)
     first, second = path(lst), path(lst, position=1)
     settings = campaign(db, [first, second])
-    with pytest.raises(ValueError, match="segments"):
+    with pytest.raises(ValueError, match="names segment 'sg_1', which does not exist"):
         path_audience(settings, first.model_copy(update={"include_segments": ["sg_1"]}))
     with pytest.raises(ValueError, match="earlier path"):
         path_audience(settings, second, [second])  # the first path is needed for first-wins

@@ -258,12 +258,29 @@ def test_an_unknown_list_is_422_naming_the_field_and_index(api, db):
     assert api.get(f"/v1/campaigns/{c['id']}").json()["paths"][0]["exclude_lists"] == []
 
 
-def test_segments_are_refused_until_they_exist(api, db):
+def test_unknown_and_draft_segments_are_refused_as_audiences(api, db):
     c = campaign(api)
     found = errors(
         api.post(f"/v1/campaigns/{c['id']}/paths", json={"exclude_segments": ["seg_vip"]})
     )
-    assert "segments are not available yet" in found["exclude_segments[0]"]
+    assert found == {"exclude_segments[0]": "no segment has id 'seg_vip'"}
+    definition = {"all_of": [{"any_of": [{"type": "consent", "channel": "email"}]}]}
+    segment = created(
+        api.post("/v1/segments", json={"name": "Subscribers", "definition": definition})
+    )
+    body = {"include_segments": [segment["id"]]}
+    found = errors(api.post(f"/v1/campaigns/{c['id']}/paths", json=body))
+    assert found == {
+        "include_segments[0]": f"segment {segment['id']!r} is a draft: set it live first"
+    }
+    api.post(f"/v1/segments/{segment['id']}/status", json={"status": "live"})
+    created(api.post(f"/v1/campaigns/{c['id']}/paths", json=body))
+    # In use by a draft campaign: it can neither go back to draft nor be deleted.
+    assert (
+        api.post(f"/v1/segments/{segment['id']}/status", json={"status": "draft"}).status_code
+        == 409
+    )
+    assert api.delete(f"/v1/segments/{segment['id']}").status_code == 409
 
 
 def test_patch_path_renames_and_changes_the_audience(api, db):
@@ -384,7 +401,8 @@ def test_a_send_time_in_the_past_is_422_naming_send_at(api, db):
     west = campaign(api, timezone="Pacific/Pago_Pago")
     w = path(api, west["id"])
     message(api, west["id"], w["id"], send_at=soon_in_utc)
-    m = message(api, east["id"], p["id"])
+    # A default send time is local to Amsterdam; Kiritimati can already be past it.
+    m = message(api, east["id"], p["id"], send_at=wall(2, zone="Pacific/Kiritimati"))
     patch = api.patch(f"{url}/{m['id']}", json={"send_at": "2020-01-01T09:00"})
     assert "send_at" in errors(patch)
 

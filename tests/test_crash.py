@@ -96,4 +96,5 @@ async def test_killed_worker_loses_and_duplicates_nothing(temporal_server, db):
         " AND e.metric_id = s.metric_id)"
     )
     assert mismatched == 0
-    assert db.scalar("SELECT count(*) FROM routing_outbox WHERE routed_at IS NOT NULL") == EVENTS
+    routed = "SELECT count(*) FROM routing_outbox WHERE kind = 'event' AND routed_at IS NOT NULL"
+    assert db.scalar(routed) == EVENTS

@@ -340,7 +340,7 @@ def test_a_condition_the_installation_cannot_evaluate_fails_without_retrying(
     db, deliver, monkeypatch
 ):
     def unavailable(session, profile_id, conditions, now):
-        raise ConditionUnavailable("segment conditions need segments")
+        raise ConditionUnavailable("a condition this installation cannot evaluate")
 
     monkeypatch.setattr(delivery_module, "profile_matches", unavailable)
     ada = make_profile(db)
@@ -351,11 +351,27 @@ def test_a_condition_the_installation_cannot_evaluate_fails_without_retrying(
     assert deliveries(db) == []
 
 
-def test_segment_membership_is_rechecked_through_its_hook(db, deliver, monkeypatch):
+def test_segment_membership_is_rechecked_before_the_send(db, deliver):
+    from herald.segment_store import create_segment
+    from models.types import utcnow
+
     ada = make_profile(db)
-    assert deliver(campaign(ada, segment_id="sg_1")).status == "sent"
-    monkeypatch.setattr(delivery_module, "segment_member", lambda session, s, p: False)
-    assert outcome(deliver(campaign(ada, message="m2", segment_id="sg_1"))) == skipped("segment")
+    definition = {
+        "all_of": [{"any_of": [{"type": "property", "property": "vip", "operator": "is_set"}]}]
+    }
+    with session_scope(db.engine) as session:
+        segment = create_segment(session, name="VIP", definition=definition, now=utcnow())
+        session.get(Profile, ada).properties = {"vip": "gold"}
+    assert deliver(campaign(ada, segment_id=segment.id)).status == "sent"
+    with session_scope(db.engine) as session:
+        session.get(Profile, ada).properties = {}
+    assert outcome(deliver(campaign(ada, message="m2", segment_id=segment.id))) == skipped(
+        "segment"
+    )
+    # A segment deleted meanwhile holds nobody.
+    assert outcome(deliver(campaign(ada, message="m3", segment_id="seg_gone"))) == skipped(
+        "segment"
+    )
 
 
 def test_skip_reasons_apply_in_order(db, deliver, account):

@@ -129,12 +129,12 @@ def test_an_invalid_definition_is_refused_with_every_problem_naming_the_step(api
     assert db.scalar("SELECT count(*) FROM flow_version") == 0
 
 
-def test_segment_triggers_are_refused_until_segments_exist(api, db):
+def test_a_trigger_on_an_unknown_segment_is_422(api, db):
     response = api.post(
         "/v1/flows",
         json={"name": "Win-back", **definition(trigger={"type": "segment", "segment_id": "s1"})},
     )
-    assert "segments are not available yet" in errors(response)["trigger.segment_id"]
+    assert errors(response)["trigger.segment_id"] == "no segment has id 's1'"
 
 
 def test_malformed_input_is_422_naming_the_field(api, db):

@@ -301,6 +301,8 @@ class FlowEnrollmentWorkflow:
                 self.exit_reason = self.exit_reason or "filter"
             elif result.reason == "exited":
                 self.exit_reason = self.exit_reason or "exited"
+            elif result.reason == "segment":  # left the segment that triggered the flow
+                self.exit_reason = self.exit_reason or "segment"
 
     async def _await_review(self, step: Message) -> None:
         """Waits for the operator's decision. The API signals it, and also records it in the

@@ -7,7 +7,7 @@ version they started on, new ones start on the newest.
 
 from fastapi import APIRouter, BackgroundTasks, Request, Response, status
 from sqlalchemy import select
-from sqlmodel import Session, SQLModel
+from sqlmodel import Session
 
 from api.deps import EngineDep, PrivateKey
 from api.errors import ApiError, invalid, not_found
@@ -30,6 +30,7 @@ from models.flow_dto import (
 )
 from models.flows import Flow, FlowVersion
 from models.lists import ProfileList
+from models.segments import Segment
 from models.types import utcnow
 
 router = APIRouter(prefix="/v1/flows", tags=["flows"])
@@ -45,19 +46,14 @@ def load_flow(session: Session, flow_id: str, for_update: bool = False) -> Flow:
     return row
 
 
-def _segment_ids(session: Session) -> set[str] | None:
-    # Segments arrive with their own issue; until their table exists every reference is refused.
-    table = SQLModel.metadata.tables.get("segment")
-    return None if table is None else set(session.scalars(select(table.c.id)))
-
-
 def require_valid(session: Session, defn: FlowDefinition) -> None:
     """Raises a 422 listing every problem of `defn` against what exists now."""
     problems = validate_definition(
         defn,
         known_metrics=set(session.scalars(select(Metric.name))),
         known_lists=set(session.scalars(select(ProfileList.id))),
-        known_segments=_segment_ids(session),
+        known_segments=set(session.scalars(select(Segment.id).where(Segment.status == "live"))),
+        draft_segments=set(session.scalars(select(Segment.id).where(Segment.status == "draft"))),
     )
     if problems:
         shown = "; ".join(f"{p['field']}: {p['reason']}" for p in problems[:5])

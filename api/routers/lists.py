@@ -8,7 +8,7 @@ from sqlmodel import Session
 from api.deps import EngineDep, PrivateKey
 from api.errors import invalid, not_found
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
-from api.routers.profiles import public as profile_public
+from api.routers.profiles import members_page
 from herald.db import session_scope
 from herald.ids import new_id
 from herald.lists import UnknownProfiles, add_members, member_counts, remove_members
@@ -126,20 +126,11 @@ def list_members(
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
 ) -> Page[ProfilePublic]:
-    stmt = (
+    members = (
         select(Profile)
         .join(ListMembership, ListMembership.profile_id == Profile.id)
         .where(ListMembership.list_id == list_id)
-        .order_by(Profile.id)
-        .limit(limit + 1)
     )
-    if (after := decode_cursor(cursor)) is not None:
-        stmt = stmt.where(Profile.id > after)
     with session_scope(engine) as session:
         _load(session, list_id)
-        rows = list(session.scalars(stmt))
-        page = rows[:limit]
-        return Page[ProfilePublic](
-            data=[profile_public(session, p) for p in page],
-            next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None,
-        )
+        return members_page(session, members, limit, cursor)

@@ -4,8 +4,8 @@ from collections.abc import Callable
 from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Query, Response, status
+from sqlalchemy import Select, exists, select
 from sqlalchemy import delete as sql_delete
-from sqlalchemy import exists, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
@@ -16,6 +16,7 @@ from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_
 from herald.consent import MissingAddress, consent_map, set_consent
 from herald.db import session_scope
 from herald.identity import normalize_email, normalize_phone
+from herald.profile_changes import announce_profile_changes
 from herald.profiles import IDENTIFIERS, IdentityConflict, IdentityIndex, apply_attributes
 from models.enums import Channel
 from models.events import Metric, ProfileMetricStat
@@ -40,6 +41,21 @@ T = TypeVar("T")
 def public(session: Session, profile: Profile) -> ProfilePublic:
     return ProfilePublic.model_validate(
         {**profile.model_dump(), "consent": consent_map(session, profile.id)}
+    )
+
+
+def members_page(
+    session: Session, members: Select, limit: int, cursor: str | None
+) -> Page[ProfilePublic]:
+    """A page of the profiles `members` selects (a select of Profile), in profile id order."""
+    stmt = members.order_by(Profile.id).limit(limit + 1)
+    if (after := decode_cursor(cursor)) is not None:
+        stmt = stmt.where(Profile.id > after)
+    rows = list(session.scalars(stmt))
+    page = rows[:limit]
+    return Page[ProfilePublic](
+        data=[public(session, p) for p in page],
+        next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None,
     )
 
 
@@ -89,6 +105,7 @@ def _create(session: Session, body: ProfileCreate) -> ProfilePublic:
     except IdentityConflict as exc:
         raise _conflict(exc) from None
     session.flush()
+    announce_profile_changes(session, [profile.id])
     return public(session, profile)
 
 
@@ -105,6 +122,7 @@ def _upsert(session: Session, body: ProfileCreate, response: Response) -> Profil
     except IdentityConflict as exc:
         raise _conflict(exc) from None
     session.flush()
+    announce_profile_changes(session, [profile.id])
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return public(session, profile)
 
@@ -158,6 +176,7 @@ def _patch(session: Session, profile_id: str, body: ProfileUpdate) -> ProfilePub
     profile.updated_at = utcnow()
     session.add(profile)
     session.flush()
+    announce_profile_changes(session, [profile.id])
     return public(session, profile)
 
 

@@ -1,0 +1,157 @@
+"""Segments: CRUD, draft/live status, previews and member lists."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from fastapi import APIRouter, Response, status
+from sqlalchemy import select
+from sqlmodel import Session
+
+from api.deps import EngineDep, PrivateKey
+from api.errors import ApiError, invalid, not_found
+from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
+from api.routers.profiles import members_page
+from herald.db import session_scope
+from herald.segment_store import (
+    SegmentProblem,
+    create_segment,
+    delete_segment,
+    preview,
+    set_status,
+    update_segment,
+)
+from models.profile import Profile, ProfilePublic
+from models.segment_dto import (
+    SegmentCreate,
+    SegmentPreview,
+    SegmentPreviewIn,
+    SegmentPublic,
+    SegmentStatusChange,
+    SegmentUpdate,
+)
+from models.segments import Segment, SegmentMembership
+from models.types import utcnow
+
+router = APIRouter(prefix="/v1/segments", tags=["segments"])
+
+
+def _load(session: Session, segment_id: str, for_update: bool = False) -> Segment:
+    row = session.get(Segment, segment_id, with_for_update=for_update)
+    if row is None:
+        raise not_found("segment", segment_id)
+    return row
+
+
+def _public(row: Segment) -> SegmentPublic:
+    return SegmentPublic.model_validate(row.model_dump())
+
+
+def api_error(problem: SegmentProblem) -> ApiError:
+    code = "validation_error" if problem.status == 422 else "conflict"
+    return ApiError(problem.status, code, problem.message, problem.errors)
+
+
+@contextmanager
+def _as_api_errors() -> Iterator[None]:
+    try:
+        yield
+    except SegmentProblem as problem:
+        raise api_error(problem) from None
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, summary="Create a draft segment")
+def create(body: SegmentCreate, engine: EngineDep, _key: PrivateKey) -> SegmentPublic:
+    with session_scope(engine) as session, _as_api_errors():
+        row = create_segment(
+            session,
+            name=body.name,
+            description=body.description,
+            definition=body.definition,
+            now=utcnow(),
+        )
+        return _public(row)
+
+
+@router.post("/preview", summary="Count and sample a definition's members without saving")
+def preview_segment(body: SegmentPreviewIn, engine: EngineDep, _key: PrivateKey) -> SegmentPreview:
+    now = utcnow()
+    with session_scope(engine) as session, _as_api_errors():
+        count, sample = preview(session, body.definition, now, body.sample_size)
+        return SegmentPreview(count=count, sample=sample, computed_at=now)
+
+
+@router.get("", summary="List segments, oldest first")
+def list_segments(
+    engine: EngineDep, _key: PrivateKey, limit: LimitQuery = 50, cursor: CursorQuery = None
+) -> Page[SegmentPublic]:
+    stmt = select(Segment).order_by(Segment.id).limit(limit + 1)
+    if (after := decode_cursor(cursor)) is not None:
+        stmt = stmt.where(Segment.id > after)
+    with session_scope(engine) as session:
+        rows = list(session.scalars(stmt))
+        page = rows[:limit]
+        return Page[SegmentPublic](
+            data=[_public(r) for r in page],
+            next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None,
+        )
+
+
+@router.get("/{segment_id}", summary="Get a segment")
+def get_segment(segment_id: str, engine: EngineDep, _key: PrivateKey) -> SegmentPublic:
+    with session_scope(engine) as session:
+        return _public(_load(session, segment_id))
+
+
+@router.patch("/{segment_id}", summary="Rename a segment or change its definition")
+def patch_segment(
+    segment_id: str, body: SegmentUpdate, engine: EngineDep, _key: PrivateKey
+) -> SegmentPublic:
+    for name in body.model_fields_set:
+        if getattr(body, name) is None:
+            raise invalid(name, "must not be null")
+    with session_scope(engine) as session, _as_api_errors():
+        row = _load(session, segment_id, for_update=True)
+        update_segment(
+            session,
+            row,
+            name=body.name,
+            description=body.description,
+            definition=body.definition,
+            now=utcnow(),
+        )
+        return _public(row)
+
+
+@router.post("/{segment_id}/status", summary="Set a segment live or back to draft")
+def change_status(
+    segment_id: str, body: SegmentStatusChange, engine: EngineDep, _key: PrivateKey
+) -> SegmentPublic:
+    with session_scope(engine) as session, _as_api_errors():
+        row = _load(session, segment_id, for_update=True)
+        set_status(session, row, body.status, utcnow())
+        return _public(row)
+
+
+@router.delete("/{segment_id}", status_code=204, summary="Delete a segment that nothing uses")
+def delete(segment_id: str, engine: EngineDep, _key: PrivateKey) -> Response:
+    with session_scope(engine) as session, _as_api_errors():
+        delete_segment(session, _load(session, segment_id, for_update=True))
+    return Response(status_code=204)
+
+
+@router.get("/{segment_id}/members", summary="The segment's members, by profile id")
+def members(
+    segment_id: str,
+    engine: EngineDep,
+    _key: PrivateKey,
+    limit: LimitQuery = 50,
+    cursor: CursorQuery = None,
+) -> Page[ProfilePublic]:
+    members = (
+        select(Profile)
+        .join(SegmentMembership, SegmentMembership.profile_id == Profile.id)
+        .where(SegmentMembership.segment_id == segment_id)
+    )
+    with session_scope(engine) as session:
+        _load(session, segment_id)
+        return members_page(session, members, limit, cursor)

@@ -1,0 +1,100 @@
+"""RfmWorkflow: started every day at 03:00 UTC by a Temporal Schedule to run the RFM analysis.
+
+The schedule (`ensure_rfm_schedule`, called at worker start) skips a run while the previous one
+is still going. Each run scores as of the time it was scheduled for (a manual start may pass its
+own `as_of`), so a late or retried run still measures the day it was meant for.
+"""
+
+import contextlib
+from datetime import datetime, timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+)
+from temporalio.common import RetryPolicy, TypedSearchAttributes
+from temporalio.exceptions import ApplicationError
+
+from workflows.date_triggers import scheduled_time
+
+with workflow.unsafe.imports_passed_through():
+    from activities.rfm import INVALID_RFM_INPUT
+    from herald.config import Settings
+    from herald.search_attributes import attributes
+
+RFM_SCHEDULE_ID = "herald-rfm"
+# The schedule appends the scheduled time to this ID for each run.
+RFM_WORKFLOW_ID = "herald/rfm"
+RFM_CRON = "0 3 * * *"  # 03:00 UTC every day
+
+# Scoring 100k customers takes seconds; the deadlines leave room for a slow database and for
+# retries through a few hours of outage, and end well before the next day's run.
+_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=10),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=5),
+    non_retryable_error_types=[INVALID_RFM_INPUT],
+)
+ACTIVITY_DEADLINE = timedelta(hours=6)
+RUN_TIMEOUT = timedelta(hours=7)
+
+
+@workflow.defn(name="RfmAnalysis")
+class RfmWorkflow:
+    @workflow.run
+    async def run(self, as_of_iso: str | None = None) -> dict[str, Any]:
+        if as_of_iso is None:
+            as_of_iso = scheduled_time().isoformat()
+        else:
+            try:
+                datetime.fromisoformat(as_of_iso)
+            except ValueError as exc:
+                raise ApplicationError(
+                    f"as_of {as_of_iso!r} is not an ISO 8601 time",
+                    type=INVALID_RFM_INPUT,
+                    non_retryable=True,
+                ) from exc
+        return await workflow.execute_activity(
+            "run_rfm_analysis",
+            as_of_iso,
+            result_type=dict,
+            start_to_close_timeout=timedelta(minutes=30),
+            schedule_to_close_timeout=ACTIVITY_DEADLINE,
+            retry_policy=_RETRY,
+        )
+
+
+async def ensure_rfm_schedule(
+    client: Client, settings: Settings, schedule_id: str = RFM_SCHEDULE_ID
+) -> None:
+    """Create the daily schedule once; every worker calls this and all but the first no-op.
+
+    An existing schedule is left as it is (an operator may have paused or moved it).
+    """
+    schedule = Schedule(
+        action=ScheduleActionStartWorkflow(
+            RfmWorkflow.run,
+            id=RFM_WORKFLOW_ID,
+            task_queue=settings.task_queue,
+            execution_timeout=RUN_TIMEOUT,
+            typed_search_attributes=(
+                attributes(kind="rfm")
+                if settings.search_attributes
+                else TypedSearchAttributes.empty
+            ),
+        ),
+        spec=ScheduleSpec(cron_expressions=[RFM_CRON]),
+        # A server that was down at 03:00 still runs that day's analysis when it is back.
+        policy=SchedulePolicy(
+            overlap=ScheduleOverlapPolicy.SKIP, catchup_window=timedelta(hours=12)
+        ),
+    )
+    with contextlib.suppress(ScheduleAlreadyRunningError):
+        await client.create_schedule(schedule_id, schedule)

@@ -1,0 +1,76 @@
+"""SegmentRefreshWorkflow: started every 15 minutes by a Temporal Schedule.
+
+Routing keeps membership current when events and profile changes arrive; what changes with the
+clock alone ("placed an order in the last 30 days": someone drops out without doing anything)
+and journey results (deliveries and exits are not routed events) are recomputed here. Like the
+date-trigger run, it evaluates at the time the schedule fired for, not the wall clock.
+"""
+
+import contextlib
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+)
+from temporalio.common import RetryPolicy, TypedSearchAttributes
+
+with workflow.unsafe.imports_passed_through():
+    from activities.segment_refresh import SegmentRefreshCounts
+    from herald.config import Settings
+    from herald.search_attributes import attributes
+    from workflows.date_triggers import scheduled_time
+
+SEGMENT_REFRESH_SCHEDULE_ID = "herald-segment-refresh"
+SEGMENT_REFRESH_WORKFLOW_ID = "herald/segment-refresh"
+SEGMENT_REFRESH_EVERY = timedelta(minutes=15)
+RUN_TIMEOUT = timedelta(minutes=14)
+
+
+@workflow.defn(name="SegmentRefresh")
+class SegmentRefreshWorkflow:
+    @workflow.run
+    async def run(self) -> SegmentRefreshCounts:
+        return await workflow.execute_activity(
+            "refresh_time_relative_segments",
+            scheduled_time(),
+            result_type=SegmentRefreshCounts,
+            start_to_close_timeout=timedelta(minutes=10),
+            schedule_to_close_timeout=timedelta(minutes=13),
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(seconds=5),
+                backoff_coefficient=2.0,
+                maximum_interval=timedelta(minutes=2),
+            ),
+        )
+
+
+async def ensure_segment_refresh_schedule(
+    client: Client, settings: Settings, schedule_id: str = SEGMENT_REFRESH_SCHEDULE_ID
+) -> None:
+    """Create the schedule once; an existing one is left as it is (an operator may pause it)."""
+    schedule = Schedule(
+        action=ScheduleActionStartWorkflow(
+            SegmentRefreshWorkflow.run,
+            id=SEGMENT_REFRESH_WORKFLOW_ID,
+            task_queue=settings.task_queue,
+            execution_timeout=RUN_TIMEOUT,
+            typed_search_attributes=(
+                attributes(kind="segment_refresh")
+                if settings.search_attributes
+                else TypedSearchAttributes.empty
+            ),
+        ),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=SEGMENT_REFRESH_EVERY)]),
+        # A missed run is not caught up: the next one recomputes everything anyway.
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+    with contextlib.suppress(ScheduleAlreadyRunningError):
+        await client.create_schedule(schedule_id, schedule)
