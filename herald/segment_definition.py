@@ -20,8 +20,8 @@ Profile property (`type: "property"`)
 
 Event (`type: "metric"`): the number of the profile's events of `metric` in the timeframe whose
 properties pass every filter is compared with `count` (at_least / exactly / at_most; a profile
-that never did it has 0). Timeframes: all time; the last N days (from now minus N days up to now);
-or between two dates (UTC, both days included). Filters are typed like property conditions
+that never did it has 0). Timeframes: all time; the last N days (at or after now minus N days:
+an event stamped later than now counts too); or between two dates (UTC, both days included). Filters are typed like property conditions
 (text, number, boolean only); `$value` names the event's value.
 
 List (`in_list`), consent (`consent`; a channel never set is never_subscribed), RFM group

@@ -271,7 +271,9 @@ def metric_events(condition: MetricCondition, now: datetime, profile_id) -> list
     terms = [_event.c.profile_id == profile_id, _event.c.metric_id == metric_id.scalar_subquery()]
     frame = condition.timeframe
     if isinstance(frame, LastDays):
-        terms += [_event.c.time >= now - timedelta(days=frame.days), _event.c.time <= now]
+        # No upper bound: an event stamped a little after `now` (client clocks, or a router
+        # whose clock is the time its long-poll was scheduled) is still a recent one.
+        terms.append(_event.c.time >= now - timedelta(days=frame.days))
     elif isinstance(frame, BetweenDates):
         start, end = _day_start(frame.start), _day_start(frame.end + timedelta(days=1))
         terms += [_event.c.time >= start, _event.c.time < end]
