@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint fmt bench bench-flows bench-campaigns clean
+.PHONY: run test lint fmt bench bench-flows bench-campaigns bench-segments clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,12 +28,16 @@ bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/flows.py
 	$(BIN)/python bench/campaigns.py
+	$(BIN)/python bench/segments.py
 
 bench-flows: $(STAMP)
 	$(BIN)/python bench/flows.py
 
 bench-campaigns: $(STAMP)
 	$(BIN)/python bench/campaigns.py
+
+bench-segments: $(STAMP)
+	$(BIN)/python bench/segments.py
 
 clean:
 	rm -rf $(VENV) .herald

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, func, insert, literal, select
+from sqlalchemy import ColumnElement, false, func, insert, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
@@ -81,15 +81,20 @@ def _apply(
         .returning(_membership.c.profile_id)
     ).scalars()
     delta = Delta(added=list(added))
-    still_in = (
-        select(literal(1))
-        .select_from(profile)
-        .where(profile.c.id == _membership.c.profile_id, clause)
-        .exists()
-    )
-    leave = _membership.delete().where(_membership.c.segment_id == segment_id, ~still_in)
-    if ids is not None:
-        leave = leave.where(_membership.c.profile_id.in_(ids))
+    leave = _membership.delete().where(_membership.c.segment_id == segment_id)
+    if ids is None:
+        still_in = (
+            select(literal(1))
+            .select_from(profile)
+            .where(profile.c.id == _membership.c.profile_id, clause)
+            .exists()
+        )
+        leave = leave.where(~still_in)
+    else:
+        # Driven by the profiles in scope, so each removal is a primary-key probe whatever
+        # PostgreSQL's (generic, prepared) plan thinks of the segment's size.
+        out = select(profile.c.id).where(profile.c.id.in_(ids), ~func.coalesce(clause, false()))
+        leave = leave.where(_membership.c.profile_id.in_(out))
     delta.removed = list(session.execute(leave.returning(_membership.c.profile_id)).scalars())
     return delta
 

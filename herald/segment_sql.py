@@ -27,6 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from herald.segment_definition import (
     PROFILE_FIELDS,
@@ -59,6 +60,10 @@ _DATE_PREFIX_REGEX = "^[0-9]{4}-[0-9]{2}-[0-9]{2}"
 
 
 # ---- JSON values, per dialect ------------------------------------------------------------------
+#
+# Each element keeps its values as bound parameters listed in `_traverse_internals`, so SQLAlchemy
+# caches the compiled statement by its shape: routing re-runs the same few statements per batch
+# with other values, and compiling them anew each time cost more than running them.
 
 
 class JsonValue(ColumnElement):
@@ -66,17 +71,25 @@ class JsonValue(ColumnElement):
     NULL: `kind` is text (a string), number (not a boolean), boolean (1 / 0), date (the
     YYYY-MM-DD prefix of a string that starts with one) or array (the raw array)."""
 
-    inherit_cache = False
+    inherit_cache = True
+    _traverse_internals = [
+        ("column", InternalTraversal.dp_clauseelement),
+        ("path", InternalTraversal.dp_clauseelement),
+        ("key", InternalTraversal.dp_clauseelement),
+        ("kind", InternalTraversal.dp_string),
+    ]
 
     def __init__(self, column: ColumnElement, key: str, kind: str):
-        self.column, self.key, self.kind = column, key, kind
+        self.column, self.kind = column, kind
+        self.path = literal(f'$."{key}"')  # SQLite's JSON path
+        self.key = literal(key)  # PostgreSQL's -> / ->> operand
         self.type = {"number": Float(), "boolean": Integer()}.get(kind, String())
 
 
 @compiles(JsonValue, "sqlite")
 def _sqlite_json(element: JsonValue, compiler, **kw) -> str:
     col = compiler.process(element.column, **kw)
-    path = compiler.process(literal(f'$."{element.key}"'), **kw)
+    path = compiler.process(element.path, **kw)
     typ = f"json_type({col}, {path})"
     raw = f"json_extract({col}, {path})"
     if element.kind == "text":
@@ -98,7 +111,7 @@ def _sqlite_json(element: JsonValue, compiler, **kw) -> str:
 @compiles(JsonValue, "postgresql")
 def _postgres_json(element: JsonValue, compiler, **kw) -> str:
     col = compiler.process(element.column, **kw)
-    key = compiler.process(literal(element.key), **kw)
+    key = compiler.process(element.key, **kw)
     node = f"({col} -> {key})"
     typ = f"jsonb_typeof({node})"
     text = f"({col} ->> {key})"
@@ -122,17 +135,21 @@ def _postgres_json(element: JsonValue, compiler, **kw) -> str:
 class ArrayHasText(ColumnElement):
     """A JSON array (a JsonValue of kind array) has a string element equal to `value`."""
 
-    inherit_cache = False
+    inherit_cache = True
+    _traverse_internals = [
+        ("array", InternalTraversal.dp_clauseelement),
+        ("value", InternalTraversal.dp_clauseelement),
+    ]
     type = Boolean()
 
     def __init__(self, array: JsonValue, value: str):
-        self.array, self.value = array, value
+        self.array, self.value = array, literal(value)
 
 
 @compiles(ArrayHasText, "sqlite")
 def _sqlite_array_has(element: ArrayHasText, compiler, **kw) -> str:
     array = compiler.process(element.array, **kw)
-    value = compiler.process(literal(element.value), **kw)
+    value = compiler.process(element.value, **kw)
     return (
         f"EXISTS (SELECT 1 FROM json_each({array}) AS e "
         f"WHERE e.type = 'text' AND e.value = {value})"
@@ -142,7 +159,7 @@ def _sqlite_array_has(element: ArrayHasText, compiler, **kw) -> str:
 @compiles(ArrayHasText, "postgresql")
 def _postgres_array_has(element: ArrayHasText, compiler, **kw) -> str:
     array = compiler.process(element.array, **kw)
-    value = compiler.process(literal(element.value), **kw)
+    value = compiler.process(element.value, **kw)
     return (
         f"EXISTS (SELECT 1 FROM jsonb_array_elements({array}) AS e(v) "
         f"WHERE jsonb_typeof(e.v) = 'string' AND (e.v #>> '{{}}') = {value})"
@@ -152,29 +169,34 @@ def _postgres_array_has(element: ArrayHasText, compiler, **kw) -> str:
 class TextContains(ColumnElement):
     """Case-sensitive substring test (SQLite's LIKE ignores case, so neither dialect uses it)."""
 
-    inherit_cache = False
+    inherit_cache = True
+    _traverse_internals = [
+        ("haystack", InternalTraversal.dp_clauseelement),
+        ("needle", InternalTraversal.dp_clauseelement),
+    ]
     type = Boolean()
 
     def __init__(self, haystack: ColumnElement, needle: str):
-        self.haystack, self.needle = haystack, needle
+        self.haystack, self.needle = haystack, literal(needle)
 
 
 @compiles(TextContains, "sqlite")
 def _sqlite_contains(element: TextContains, compiler, **kw) -> str:
     h = compiler.process(element.haystack, **kw)
-    return f"(instr({h}, {compiler.process(literal(element.needle), **kw)}) > 0)"
+    return f"(instr({h}, {compiler.process(element.needle, **kw)}) > 0)"
 
 
 @compiles(TextContains, "postgresql")
 def _postgres_contains(element: TextContains, compiler, **kw) -> str:
     h = compiler.process(element.haystack, **kw)
-    return f"(strpos({h}, {compiler.process(literal(element.needle), **kw)}) > 0)"
+    return f"(strpos({h}, {compiler.process(element.needle, **kw)}) > 0)"
 
 
 class UtcDate(ColumnElement):
     """A stored UTC timestamp's date as YYYY-MM-DD text."""
 
-    inherit_cache = False
+    inherit_cache = True
+    _traverse_internals = [("column", InternalTraversal.dp_clauseelement)]
     type = String()
 
     def __init__(self, column: ColumnElement):
@@ -241,10 +263,13 @@ def _compare(value: ColumnElement, value_type: str, operator: str, arg: Any, now
     if operator in simple:
         return and_(is_set, simple[operator]())
     today = now.astimezone(UTC).date()
+    # Guarded by is_set like the operators above: a NULL must read as false, not unknown, so
+    # that NOT (clause) holds for it too.
     if operator == "within_last_days":
-        return value.between((today - timedelta(days=arg)).isoformat(), today.isoformat())
+        since = (today - timedelta(days=arg)).isoformat()
+        return and_(is_set, value.between(since, today.isoformat()))
     if operator == "more_than_days_ago":
-        return value < (today - timedelta(days=arg)).isoformat()
+        return and_(is_set, value < (today - timedelta(days=arg)).isoformat())
     raise ValueError(f"unknown operator {operator!r} for type {value_type!r}")
 
 
