@@ -228,6 +228,10 @@ def _value_of(column: ColumnElement, key: str, value_type: str) -> ColumnElement
 def _compare(value: ColumnElement, value_type: str, operator: str, arg: Any, now: datetime):
     """`operator` applied to `value`; negative operators also hold when the value is not set."""
     is_set = value.is_not(None)
+    if value_type == "number" and operator in ("in", "not_in"):
+        # SQLAlchemy types the whole IN list by its first value: with [2, 0.5], PostgreSQL
+        # would cast 0.5 to an integer.
+        arg = [float(a) for a in arg]
     if operator == "is_set":
         return is_set
     if operator == "not_set":
@@ -235,10 +239,12 @@ def _compare(value: ColumnElement, value_type: str, operator: str, arg: Any, now
     if value_type == "list":
         has = ArrayHasText(value, arg)
         return and_(is_set, has) if operator == "contains" else or_(value.is_(None), not_(has))
+    # Every positive operator is guarded by is_set: a NULL must read as false, not unknown, so
+    # that NOT (clause) holds for it too (audiences exclude segments with NOT).
     if operator == "is_true":
-        return value == 1
+        return and_(is_set, value == 1)
     if operator == "is_false":
-        return value == 0
+        return and_(is_set, value == 0)
     if operator == "not_equals":
         return or_(value.is_(None), value != arg)
     if operator == "not_in":
@@ -248,7 +254,7 @@ def _compare(value: ColumnElement, value_type: str, operator: str, arg: Any, now
     if operator == "contains":
         return and_(is_set, TextContains(value, arg))
     if operator == "starts_with":
-        return func.substr(value, 1, len(arg)) == arg if arg else is_set
+        return and_(is_set, func.substr(value, 1, len(arg)) == arg) if arg else is_set
     simple = {
         "equals": lambda: value == arg,
         "gt": lambda: value > arg,
