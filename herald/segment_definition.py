@@ -21,8 +21,9 @@ Profile property (`type: "property"`)
 Event (`type: "metric"`): the number of the profile's events of `metric` in the timeframe whose
 properties pass every filter is compared with `count` (at_least / exactly / at_most; a profile
 that never did it has 0). Timeframes: all time; the last N days (at or after now minus N days:
-an event stamped later than now counts too); or between two dates (UTC, both days included). Filters are typed like property conditions
-(text, number, boolean only); `$value` names the event's value.
+an event stamped later than now counts too); or between two dates (UTC, both days included).
+Filters are typed like property conditions (text, number, boolean only); `$value` names the
+event's value.
 
 List (`in_list`), consent (`consent`; a channel never set is never_subscribed), RFM group
 (`rfm_group`: the group of the latest RFM run; a profile without one is in no group) and journey
