@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, false, func, insert, literal, select
+from sqlalchemy import ColumnElement, false, func, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
@@ -131,9 +131,16 @@ def refresh(
             .where(_membership.c.segment_id == segment.id)
         ).scalar_one()
         segment.computed_at = now
-    else:
-        segment.member_count += len(delta.added) - len(delta.removed)
-    session.add(segment)
+        session.add(segment)
+    elif delta.added or delta.removed:
+        # An increment in SQL: the router and a schedule may refresh the segment concurrently,
+        # and each delta is exactly what its own statements changed.
+        session.execute(
+            update(_segment)
+            .where(_segment.c.id == segment.id)
+            .values(member_count=_segment.c.member_count + len(delta.added) - len(delta.removed))
+        )
+        session.expire(segment, ["member_count"])
     return delta
 
 
