@@ -236,10 +236,17 @@ def seed_order_history(world, now, customers: int = 600, days: int = 200) -> lis
             )
     for start in range(0, len(events), 500):
         ingest(world.db.engine, world.metrics, events[start : start + 500], "import")
-    ids = [r[0] for r in world.db.rows("SELECT id FROM profile ORDER BY id")]
-    for profile_id in ids:
-        world.set_consent(profile_id, "email", "subscribed")
-    return ids
+    from sqlalchemy import select
+
+    from herald.consent import set_consent
+    from models.enums import Channel, ConsentStatus
+    from models.profile import Profile
+
+    with session_scope(world.db.engine) as session:
+        profiles = list(session.scalars(select(Profile).order_by(Profile.id)))
+        for profile in profiles:
+            set_consent(session, profile, Channel.email, ConsentStatus.subscribed, "import")
+        return [p.id for p in profiles]
 
 
 async def run_rfm(world) -> dict:
