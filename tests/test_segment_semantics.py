@@ -437,7 +437,7 @@ definitions = st.one_of(
 
 
 @settings(
-    max_examples=120,  # each example checks 10-25 definitions against one world
+    max_examples=60,  # each example checks 10-25 definitions against one world
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
