@@ -24,6 +24,7 @@ from herald.flow_steps import (
 )
 from herald.ids import new_id
 from herald.lists import add_members, remove_members
+from herald.profile_changes import announce_profile_changes
 from herald.sql import insert_ignoring_conflicts
 from herald.templates import render
 from models.flows import EnrollmentStep, Flow, FlowEnrollment, ReviewItem
@@ -177,6 +178,7 @@ class FlowActivities:
                 profile.properties = {**(profile.properties or {}), **step.properties}
                 profile.updated_at = utcnow()
                 session.add(profile)
+                announce_profile_changes(session, [profile.id])  # segments re-check it
                 return "done"
             if isinstance(step, ListAction):
                 if session.get(ProfileList, step.list_id) is None:
