@@ -204,7 +204,7 @@ def route(db) -> None:
 
     router = RouterActivities(db.engine, [SegmentRoutingHandler()])
     while router.route_once():
-        pass
+        pass  # one batch per call: route until the outbox is empty
 
 
 def announced(db, segment_id: str) -> list[tuple[str, str]]:
