@@ -2,9 +2,10 @@
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from sqlalchemy.engine import Engine
 
+from api.deps import refuse_unstorable_input
 from api.errors import install_error_handlers
 from api.middleware import GzipRequestMiddleware, RequestContextMiddleware
 from api.routers import (
@@ -50,7 +51,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         if owns_engine:
             engine.dispose()
 
-    app = FastAPI(title="Herald", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="Herald",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        dependencies=[Depends(refuse_unstorable_input)],
+    )
     app.state.settings = settings
     app.state.engine = engine
     app.state.keys = KeyVerifier(engine, settings.api_key_cache_seconds)

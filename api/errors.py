@@ -10,9 +10,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 
-class ApiError(Exception):
+class ApiError(StarletteHTTPException):
+    """An error in the API's shape.
+
+    An HTTPException so that one raised while FastAPI reads the body (the body-size cap, the key
+    check before the body) reaches the handlers below instead of becoming a generic 400.
+    """
+
     def __init__(
         self,
         status: int,
@@ -21,10 +28,12 @@ class ApiError(Exception):
         errors: Sequence[dict] = (),
         headers: dict[str, str] | None = None,
     ):
-        super().__init__(message)
+        super().__init__(status, message, headers)
         self.status, self.code, self.message = status, code, message
         self.errors = list(errors)
-        self.headers = headers
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def not_found(what: str, ident: str) -> ApiError:
@@ -37,11 +46,28 @@ def invalid(field: str, reason: str) -> ApiError:
     )
 
 
+def payload_too_large(limit: int) -> ApiError:
+    reason = f"the body exceeds {limit // (1024 * 1024)} MiB"
+    return ApiError(413, "payload_too_large", reason, [{"field": "body", "reason": reason}])
+
+
+def not_storable(field: str, reason: str) -> ApiError:
+    """A value PostgreSQL cannot store (see models.types.unstorable), in the DTOs' wording."""
+    return invalid(field or "body", f"{field or 'the body'} {reason}")
+
+
 def field_errors(exc: ValidationError | RequestValidationError, prefix: str = "") -> list[dict]:
     """Pydantic errors as [{field: "profile.email", reason: "..."}], without the 'body.' noise."""
     out = []
     for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            # FastAPI puts the character offset in `loc`; it is no field.
+            reason = f"not valid JSON ({(err.get('ctx') or {}).get('error', 'decode error')})"
+            out.append({"field": prefix.rstrip(".") or "body", "reason": reason})
+            continue
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body",)]
+        if path := (err.get("ctx") or {}).get("path"):
+            loc.append(path)  # models.types.reject_unstorable says where inside the model
         field = prefix + ".".join(loc).replace(".[", "[")
         reason = err.get("msg", "invalid").removeprefix("Value error, ")
         out.append({"field": field or prefix.rstrip(".") or "body", "reason": reason})
@@ -66,8 +92,25 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(_body("validation_error", message, errors), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        headers = exc.headers
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
         return JSONResponse(
-            _body(code, str(exc.detail), []), status_code=exc.status_code, headers=exc.headers
+            _body(code, str(exc.detail), []), status_code=exc.status_code, headers=headers
         )
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path. Starlette's 405 names only the first
+    matching route's methods, and GET and PATCH on /v1/account are two routes."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(r.matches({**request.scope, "method": method})[0] is Match.FULL for r in routes)
+    ]
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")

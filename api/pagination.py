@@ -27,6 +27,9 @@ def decode_cursor(cursor: str | None) -> str | None:
     if cursor is None:
         return None
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (ValueError, UnicodeDecodeError):
-        raise invalid("cursor", "not a cursor returned by this API") from None
+        value = "\x00"
+    if "\x00" in value:  # PostgreSQL text cannot hold NUL: never a key we handed out
+        raise invalid("cursor", "not a cursor returned by this API")
+    return value

@@ -2,17 +2,19 @@
 
 import re
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, StrictInt, field_validator, model_validator
 
 from herald.identity import normalize_timezone
 from models.enums import Channel
+from models.types import reject_unstorable
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
 
 class FrequencyCap(BaseModel):
-    per_day: int | None = Field(default=None, ge=1, le=100)
-    per_week: int | None = Field(default=None, ge=1, le=500)
+    # StrictInt here and for smart-sending hours: pydantic would read true as 1, "24" as 24.
+    per_day: StrictInt | None = Field(default=None, ge=1, le=100)
+    per_week: StrictInt | None = Field(default=None, ge=1, le=500)
 
 
 class AccountSettings(BaseModel):
@@ -29,10 +31,12 @@ class AccountUpdate(BaseModel):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     timezone: str | None = None
     enabled_channels: list[Channel] | None = None
-    smart_sending_hours: dict[Channel, int] | None = None
+    smart_sending_hours: dict[Channel, StrictInt] | None = None
     quiet_hours_start: str | None = None
     quiet_hours_end: str | None = None
     frequency_caps: dict[Channel, FrequencyCap] | None = None
+
+    _storable = model_validator(mode="before")(classmethod(reject_unstorable))
 
     @field_validator("timezone")
     @classmethod

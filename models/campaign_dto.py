@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from herald.catalogue import is_builtin
 from herald.identity import normalize_timezone
 from models.enums import Channel
-from models.types import reject_nul
+from models.types import reject_unstorable
 
 CampaignStatus = Literal["draft", "scheduled", "sending", "sent", "cancelled"]
 MessageStatus = Literal["draft", "scheduled", "sending", "sent", "cancelled"]
@@ -32,7 +32,7 @@ _Tag = Annotated[str, Field(min_length=1, max_length=50)]
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    _no_nul = model_validator(mode="before")(classmethod(reject_nul))
+    _storable = model_validator(mode="before")(classmethod(reject_unstorable))
 
 
 def _timezone(v: str | None) -> str | None:

@@ -9,7 +9,7 @@ from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, UniqueCon
 from sqlmodel import Column, Field, SQLModel
 
 from models.profile import ProfileAttributes, ProfileIdentity
-from models.types import JSONType, UTCDateTime, reject_nul, utcnow
+from models.types import JSONType, UTCDateTime, reject_unstorable, utcnow
 
 
 class Metric(SQLModel, table=True):
@@ -93,7 +93,7 @@ class EventIn(SQLModel):
     # Backfill: store (stats and segments still see it) but fire no trigger.
     backfill: bool = False
 
-    _no_nul = model_validator(mode="before")(classmethod(reject_nul))
+    _storable = model_validator(mode="before")(classmethod(reject_unstorable))
 
     @field_validator("metric")
     @classmethod

@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from herald.enrollment import EnrollmentState
 from herald.flow_graph import FlowDefinition
-from models.types import reject_nul
+from models.types import reject_unstorable
 
 FlowStatus = Literal["draft", "manual", "live"]
 EnrollmentStatus = Literal["running", "completed", "exited", "cancelled", "failed"]
@@ -17,7 +17,7 @@ ReviewStatus = Literal["pending", "approved", "rejected", "expired"]
 class FlowDefinitionIn(FlowDefinition):
     """A definition as the API accepts it: PostgreSQL cannot store NUL, so it is refused here."""
 
-    _no_nul = model_validator(mode="before")(classmethod(reject_nul))
+    _storable = model_validator(mode="before")(classmethod(reject_unstorable))
 
     def definition(self) -> FlowDefinition:
         return FlowDefinition.model_validate(
@@ -39,7 +39,7 @@ class FlowUpdate(BaseModel):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     status: FlowStatus | None = None
 
-    _no_nul = model_validator(mode="before")(classmethod(reject_nul))
+    _storable = model_validator(mode="before")(classmethod(reject_unstorable))
 
 
 class FlowSummary(BaseModel):

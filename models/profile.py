@@ -9,7 +9,7 @@ from sqlmodel import Column, Field, SQLModel
 
 from herald.identity import normalize_email, normalize_phone, normalize_timezone
 from models.enums import Channel, ConsentStatus
-from models.types import JSONType, UTCDateTime, reject_nul, utcnow
+from models.types import JSONType, UTCDateTime, reject_unstorable, utcnow
 
 
 class Profile(SQLModel, table=True):
@@ -72,7 +72,7 @@ class ProfileIdentity(SQLModel):
     phone: str | None = Field(default=None, max_length=40)
     anonymous_id: str | None = Field(default=None, min_length=1, max_length=255)
 
-    _no_nul = model_validator(mode="before")(classmethod(reject_nul))
+    _storable = model_validator(mode="before")(classmethod(reject_unstorable))
 
     @field_validator("email")
     @classmethod
@@ -95,7 +95,7 @@ class ProfileAttributes(SQLModel):
     push_tokens: list[str] | None = Field(default=None, max_length=20)
     properties: dict[str, Any] | None = None
 
-    _no_nul = model_validator(mode="before")(classmethod(reject_nul))
+    _storable = model_validator(mode="before")(classmethod(reject_unstorable))
 
     @field_validator("timezone")
     @classmethod

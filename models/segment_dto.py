@@ -5,12 +5,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.types import reject_nul
+from models.types import reject_unstorable
 
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    _no_nul = model_validator(mode="before")(classmethod(reject_nul))
+    _storable = model_validator(mode="before")(classmethod(reject_unstorable))
 
 
 class SegmentCreate(_In):
