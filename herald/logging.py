@@ -33,7 +33,11 @@ def configure_logging(level: str = "INFO", json_logs: bool = False) -> None:
     renderer = (
         structlog.processors.JSONRenderer()
         if json_logs
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        # Plain tracebacks: rich's renderer (with locals) took 10+ s for one error, on the event
+        # loop, freezing every request meanwhile.
+        else structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
     )
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
