@@ -33,6 +33,7 @@ class CampaignRoutingHandler:
         self.bridge.apply(effects)
 
     def handle(self, session: Session, items: list[RoutedItem]) -> None:
+        self._pending = Effects()  # what a rolled-back batch decided is not sent
         events = [i for i in items if i.kind is OutboxKind.event and not i.backfill and i.metric]
         if not events:
             return

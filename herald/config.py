@@ -43,6 +43,25 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     worker_metrics_port: int = 9464
+    worker_metrics_host: str = Field(
+        default="127.0.0.1",
+        description=(
+            "Address the worker's Prometheus endpoint (Temporal SDK metrics, "
+            "http://<host>:<worker_metrics_port>/metrics) listens on. It has no authentication, "
+            "so the default is loopback only; set 0.0.0.0 for a Prometheus on a private network "
+            "(docker-compose.yml shows how), and never publish the port."
+        ),
+    )
+    worker_shutdown_grace_seconds: float = Field(
+        default=15.0,
+        ge=0,
+        description=(
+            "On SIGTERM/SIGINT the worker stops polling and gives running activities this long "
+            "to finish, then cancels them; it exits at most a few seconds later even if one "
+            "ignores the cancellation (Temporal retries it elsewhere). A second signal exits at "
+            "once. Keep grace + 5 s under the orchestrator's kill timeout."
+        ),
+    )
     # Workflows kept in the worker's memory between tasks (each ~200 KB); more are replayed.
     worker_max_cached_workflows: int = 500
     # Activity threads: the router, sends and every local activity share them.
@@ -57,6 +76,16 @@ class Settings(BaseSettings):
     # Routing: how many outbox rows one router activity claims, and how long it long-polls.
     router_batch_size: int = 2000
     router_poll_seconds: float = 5.0
+    # Every statement the router runs is cancelled after this long (statement_timeout on
+    # PostgreSQL, a progress handler on SQLite): one expensive segment or query then fails on its
+    # own instead of holding the batch (and the batch well inside the activity's 2 min timeout).
+    router_statement_timeout_seconds: float = 5.0
+    # A segment whose re-check failed is retried after this long, doubling per failure up to 64x;
+    # meanwhile its re-checks are deferred (recorded) and the rest of each batch goes on.
+    router_segment_retry_seconds: float = 60.0
+    # Segment definitions costing more than this (herald/segment_definition.py:definition_cost)
+    # are refused with a 422: routing re-checks every live segment an event touches.
+    segment_cost_budget: int = 500
 
     # Validated API keys are cached this long, so revocation takes effect within it.
     api_key_cache_seconds: float = 30.0

@@ -1,11 +1,19 @@
 """Database engine and sessions; the same code runs on SQLite (embedded) and PostgreSQL."""
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, create_engine
+
+# SQLite calls the progress handler every this many virtual-machine steps (~0.1 ms of work).
+_SQLITE_PROGRESS_STEPS = 1000
+# PostgreSQL errors about the moment, not the statement: serialization failure, deadlock, lock
+# not available, admin shutdown, cannot connect now.
+_PG_TRANSIENT = frozenset({"40001", "40P01", "55P03", "57P01", "57P03"})
 
 
 def make_engine(url: str, **kwargs) -> Engine:
@@ -54,3 +62,58 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+@contextmanager
+def statement_budget(session: Session, seconds: float) -> Iterator[None]:
+    """Inside the block, any statement of the session's transaction that runs longer than
+    `seconds` is cancelled with an OperationalError (see `over_budget`).
+
+    PostgreSQL: `SET LOCAL statement_timeout`, which lasts to the end of the transaction (or of
+    the savepoint it was set in). SQLite: a progress handler on the DBAPI connection, removed when
+    the block ends so the pooled connection serves others unbudgeted. A cancelled read leaves an
+    SQLite transaction intact; a cancelled write rolls all of it back, so budgeted callers read
+    the expensive part first and write with cheap statements.
+    """
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        milliseconds = max(1, round(seconds * 1000))  # 0 would mean "no limit"
+        connection.exec_driver_sql(f"SET LOCAL statement_timeout = {milliseconds}")
+        yield
+        return
+    raw = connection.connection.dbapi_connection
+    deadline = time.monotonic() + seconds
+
+    def restart(*_args) -> None:
+        nonlocal deadline
+        deadline = time.monotonic() + seconds
+
+    event.listen(connection, "before_cursor_execute", restart)
+    raw.set_progress_handler(lambda: time.monotonic() > deadline, _SQLITE_PROGRESS_STEPS)
+    try:
+        yield
+    finally:
+        raw.set_progress_handler(None, 0)
+        event.remove(connection, "before_cursor_execute", restart)
+
+
+def over_budget(exc: BaseException) -> bool:
+    """Was this statement cancelled by `statement_budget`?"""
+    if not isinstance(exc, DBAPIError):
+        return False
+    if getattr(exc.orig, "sqlstate", None) == "57014":  # query_canceled
+        return True
+    return "interrupted" in str(exc.orig)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """An error about the moment (connection lost, lock contention, server restarting) that a
+    retry of the same work can overcome: never a reason to blame the work itself."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    if getattr(exc.orig, "sqlstate", None) in _PG_TRANSIENT:
+        return True
+    message = str(exc.orig)
+    return "database is locked" in message or "database is busy" in message

@@ -359,3 +359,22 @@ def dependencies(definition: SegmentDefinition) -> Dependencies:
         elif isinstance(c, JourneyCondition):
             deps.journey = True
     return deps
+
+
+def definition_cost(definition: SegmentDefinition) -> int:
+    """What evaluating the definition for one profile costs, in units of one indexed probe.
+
+    A profile, list, consent or RFM condition is one probe; a journey result two. An event
+    condition walks the profile's events of its metric, testing every filter on each: 2 plus one
+    per filter, twice for `exactly` (two subqueries). Conditions add up, since every one of them
+    may be evaluated: 20 groups x 20 event conditions x 10 filters is 20 x 20 x 12 = 4800.
+    """
+    cost = 0
+    for c in definition.conditions():
+        if isinstance(c, MetricCondition):
+            cost += (2 + len(c.filters)) * (2 if c.operator == "exactly" else 1)
+        elif isinstance(c, JourneyCondition):
+            cost += 2
+        else:
+            cost += 1
+    return cost

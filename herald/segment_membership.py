@@ -12,14 +12,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, false, func, insert, literal, select, update
+from sqlalchemy import ColumnElement, func, insert, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
 from herald.segment_definition import Dependencies, SegmentDefinition, dependencies
 from herald.segment_sql import profile, segment_clause
 from models.enums import OutboxKind
-from models.routing import RoutingOutbox
+from models.routing import RoutingOutbox, SegmentRecheck, SegmentRoutingHealth
 from models.segments import Segment, SegmentMembership
 from models.types import UTCDateTime
 
@@ -61,10 +61,11 @@ def _apply(
     ids: list[str] | None,
     now: datetime,
 ) -> Delta:
-    scope = [] if ids is None else [profile.c.id.in_(ids)]
+    if ids is not None:
+        return _apply_to(session, segment_id, clause, ids, now)
     joins = (
         select(literal(segment_id), profile.c.id, literal(now, UTCDateTime()))
-        .where(clause, *scope)
+        .where(clause)
         .where(
             ~select(literal(1))
             .where(
@@ -81,21 +82,46 @@ def _apply(
         .returning(_membership.c.profile_id)
     ).scalars()
     delta = Delta(added=list(added))
-    leave = _membership.delete().where(_membership.c.segment_id == segment_id)
-    if ids is None:
-        still_in = (
-            select(literal(1))
-            .select_from(profile)
-            .where(profile.c.id == _membership.c.profile_id, clause)
-            .exists()
-        )
-        leave = leave.where(~still_in)
-    else:
-        # Driven by the profiles in scope, so each removal is a primary-key probe whatever
-        # PostgreSQL's (generic, prepared) plan thinks of the segment's size.
-        out = select(profile.c.id).where(profile.c.id.in_(ids), ~func.coalesce(clause, false()))
-        leave = leave.where(_membership.c.profile_id.in_(out))
+    still_in = (
+        select(literal(1))
+        .select_from(profile)
+        .where(profile.c.id == _membership.c.profile_id, clause)
+        .exists()
+    )
+    leave = _membership.delete().where(_membership.c.segment_id == segment_id, ~still_in)
     delta.removed = list(session.execute(leave.returning(_membership.c.profile_id)).scalars())
+    return delta
+
+
+def _apply_to(
+    session: Session, segment_id: str, clause: ColumnElement[bool], ids: list[str], now: datetime
+) -> Delta:
+    """The incremental case: one read evaluates the definition for the profiles in scope, then
+    two key-driven writes apply the answer.
+
+    Evaluating once (not in both an INSERT ... SELECT and a DELETE) halves the expensive part, and
+    keeping it in a read means a statement cancelled by the routing budget never rolls back the
+    router's SQLite transaction (SQLite undoes a whole transaction when a write is interrupted).
+    """
+    matching = set(session.execute(select(profile.c.id).where(profile.c.id.in_(ids), clause)))
+    inside = [pid for (pid,) in matching]
+    delta = Delta()
+    if inside:
+        rows = [{"segment_id": segment_id, "profile_id": pid, "added_at": now} for pid in inside]
+        delta.added = list(
+            session.execute(
+                _insert(session)
+                .values(rows)
+                .on_conflict_do_nothing()
+                .returning(_membership.c.profile_id)
+            ).scalars()
+        )
+    outside = sorted(set(ids) - set(inside))
+    if outside:
+        leave = _membership.delete().where(
+            _membership.c.segment_id == segment_id, _membership.c.profile_id.in_(outside)
+        )
+        delta.removed = list(session.execute(leave.returning(_membership.c.profile_id)).scalars())
     return delta
 
 
@@ -155,16 +181,17 @@ def _announce(session: Session, segment_id: str, delta: Delta, now: datetime) ->
         session.execute(insert(_outbox), rows)
 
 
-def _affected(
+def affected(
     deps: Dependencies,
     *,
-    rfm: bool,
-    profile_changed: bool,
-    metrics: Iterable[str],
-    lists: Iterable[str],
-    journey: bool,
-    relative: bool,
+    rfm: bool = False,
+    profile_changed: bool = False,
+    metrics: Iterable[str] = frozenset(),
+    lists: Iterable[str] = frozenset(),
+    journey: bool = False,
+    relative: bool = False,
 ) -> bool:
+    """Can what changed (RFM groups, profile data, events of `metrics`, ...) move its members?"""
     return (
         (rfm and deps.rfm)
         or (profile_changed and deps.profile)
@@ -190,9 +217,10 @@ def refresh_dependents(
 ) -> dict[str, Delta]:
     """Re-checks, for some profiles (None: everyone), every segment that what changed can affect.
 
-    Draft segments are kept current too (their member lists and counts are what a marketer
-    checks before going live); only live ones announce their changes, and only organic ones
-    (backfilled history moves members without starting flows).
+    Used by the RFM run and the refresh schedule (full recomputes off the routing path), which
+    keep draft segments current too; routing re-checks live segments only, each isolated
+    (activities/segment_routing.py). Only live segments announce their changes, and only organic
+    ones (backfilled history moves members without starting flows).
     """
     metrics, lists = frozenset(metrics), frozenset(lists)
     if profile_ids is not None and not profile_ids:
@@ -200,7 +228,7 @@ def refresh_dependents(
     changed: dict[str, Delta] = {}
     for segment in session.exec(select(Segment).order_by(Segment.id)).scalars():
         _, deps = parsed(segment)
-        hit = _affected(
+        hit = affected(
             deps,
             rfm=rfm,
             profile_changed=profile,
@@ -243,3 +271,68 @@ def segment_clauses(
         if segment is not None:
             out[segment_id] = segment_clause(parsed(segment)[0], now)
     return out
+
+
+# ---- deferred re-checks ------------------------------------------------------------------------
+#
+# Routing defers the re-checks of a live segment that failed (a statement over its budget, a
+# definition that no longer parses) instead of failing the batch: the profiles wait in
+# `segment_recheck`, the segment's failures in `segment_routing_health`, and a later batch retries
+# after a back-off. Anything that recomputes the segment in full settles them.
+
+_recheck = SegmentRecheck.__table__
+_health = SegmentRoutingHealth.__table__
+
+
+def defer_rechecks(
+    session: Session, segment_id: str, profile_ids: Sequence[str], organic: bool, now: datetime
+) -> None:
+    ids = sorted(set(profile_ids))
+    dialect = session.get_bind().dialect.name
+    for start in range(0, len(ids), _CHUNK):
+        rows = [
+            {"segment_id": segment_id, "profile_id": pid, "organic": organic, "deferred_at": now}
+            for pid in ids[start : start + _CHUNK]
+        ]
+        stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(_recheck).values(
+            rows
+        )
+        # Announced if any deferred change was organic (see SegmentRecheck).
+        session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["segment_id", "profile_id"],
+                set_={"organic": or_(_recheck.c.organic, stmt.excluded.organic)},
+            )
+        )
+
+
+def deferred_rechecks(session: Session, segment_id: str, limit: int) -> list[tuple[str, bool]]:
+    """Some of the segment's deferred (profile id, organic) pairs, oldest profile ids first."""
+    rows = session.execute(
+        select(_recheck.c.profile_id, _recheck.c.organic)
+        .where(_recheck.c.segment_id == segment_id)
+        .order_by(_recheck.c.profile_id)
+        .limit(limit)
+    )
+    return [(pid, bool(organic)) for pid, organic in rows]
+
+
+def settle_rechecks(session: Session, segment_id: str, profile_ids: Sequence[str]) -> None:
+    ids = sorted(set(profile_ids))
+    for start in range(0, len(ids), _CHUNK):
+        session.execute(
+            _recheck.delete().where(
+                _recheck.c.segment_id == segment_id,
+                _recheck.c.profile_id.in_(ids[start : start + _CHUNK]),
+            )
+        )
+
+
+def forget_rechecks(session: Session, segment_id: str) -> None:
+    """After a full recompute (or going back to draft): nothing deferred is owed any more."""
+    session.execute(_recheck.delete().where(_recheck.c.segment_id == segment_id))
+    session.execute(
+        update(_health)
+        .where(_health.c.segment_id == segment_id)
+        .values(failures=0, retry_after=None)
+    )

@@ -2,7 +2,10 @@
 
 Every change that can alter who is in a segment recomputes its membership in the same
 transaction, without announcing it (organic=False): saving a definition must not start
-"added to segment" flows for everyone it happens to match.
+"added to segment" flows for everyone it happens to match. Going live is such a change: routing
+does not re-check drafts, so their members are as of their last full compute until then.
+Definitions are bounded by a cost budget (`segment_cost_budget`), since routing re-checks live
+segments inside its batches.
 """
 
 import json
@@ -13,14 +16,16 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlmodel import Session
 
+from herald.config import get_settings
 from herald.ids import new_id
 from herald.segment_definition import (
     JourneyCondition,
     ListCondition,
     MetricCondition,
     SegmentDefinition,
+    definition_cost,
 )
-from herald.segment_membership import refresh
+from herald.segment_membership import forget_rechecks, refresh
 from herald.segment_sql import members_query
 from models.campaigns import Campaign, CampaignPath
 from models.events import Metric
@@ -73,7 +78,7 @@ def parse_definition(session: Session, raw: dict) -> SegmentDefinition:
         ]
         shown = "; ".join(f"{e['field']}: {e['reason']}" for e in errors[:5])
         raise SegmentProblem(422, f"invalid segment definition: {shown}", errors) from None
-    problems = _unknown_references(session, definition)
+    problems = _unknown_references(session, definition) + _over_budget(definition)
     if problems:
         shown = "; ".join(f"{e['field']}: {e['reason']}" for e in problems[:5])
         raise SegmentProblem(422, f"invalid segment definition: {shown}", problems)
@@ -100,6 +105,20 @@ def _unknown_references(session: Session, definition: SegmentDefinition) -> list
                 reason = f"no {condition.run_kind} has id {condition.run_id!r}"
                 problems.append({"field": f"{at}.run_id", "reason": reason})
     return problems
+
+
+def _over_budget(definition: SegmentDefinition) -> list[dict]:
+    # Routing re-checks every live segment an event touches, inside the batch: a definition's
+    # cost is bounded here, and each statement by the router's budget at run time.
+    cost, budget = definition_cost(definition), get_settings().segment_cost_budget
+    if cost <= budget:
+        return []
+    reason = (
+        f"costs {cost}, over the budget of {budget} (an event condition costs 2 plus 1 per "
+        "filter, doubled for 'exactly'; any other condition 1 or 2): use fewer conditions or "
+        "filters, or split it into several segments"
+    )
+    return [{"field": "definition", "reason": reason}]
 
 
 def _run_exists(session: Session, condition: JourneyCondition) -> bool:
@@ -155,6 +174,7 @@ def update_segment(
             segment.version += 1
             session.flush()
             refresh(session, segment, now, organic=False)
+            forget_rechecks(session, segment.id)
     segment.updated_at = now
     session.add(segment)
     return segment
@@ -173,6 +193,12 @@ def set_status(session: Session, segment: Segment, status: str, now: datetime) -
         segment.status = status
         segment.updated_at = now
         session.add(segment)
+        session.flush()
+        if status == "live":
+            # Routing does not re-check drafts: catch up on what happened meanwhile, silently
+            # (qualifying while a draft is not an organic entry).
+            refresh(session, segment, now, organic=False)
+        forget_rechecks(session, segment.id)
     return segment
 
 

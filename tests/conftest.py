@@ -33,6 +33,9 @@ SHOPIFY_SECRET = "shpss_test_secret"
 
 # Tables emptied between tests, children first. Account, metrics and API keys persist.
 _TRANSIENT_TABLES = (
+    "routing_dead_letter",
+    "segment_recheck",
+    "segment_routing_health",
     "segment_membership",
     "delivery_engagement",
     "rfm_score",
