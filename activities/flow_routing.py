@@ -16,7 +16,8 @@ enrollment row is written with `workflow_started = false` and flipped once Tempo
 start; rows a crash left unstarted are started again by a later batch. Starting is idempotent:
 the workflow ID embeds the trigger's unique id, starting it again finds the same run (or, once it
 has closed, is refused). A lost exit signal only delays the wake-up: the deliver activity reads
-the exit from the database before every send.
+the exit from the database before every send. Every 30 s the same pass also reconciles cancelled
+rows with their workflows (activities/workflow_reconcile.py).
 """
 
 import asyncio
@@ -37,6 +38,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.workflow_reconcile import WorkflowReconciler
 from herald.clock import activity_now
 from herald.conditions import profile_matches
 from herald.db import session_scope
@@ -73,6 +75,9 @@ _CONCURRENT_CALLS = 32
 # An unstarted enrollment older than this was left by a crash between commit and start.
 _RECOVER_AFTER = timedelta(seconds=30)
 _RECOVERY_INTERVAL_SECONDS = 10.0
+# Cancelled rows against running workflows (activities/workflow_reconcile.py): a cheap, batched
+# pass; a missed cancellation is caught up within RETRY_AFTER plus this.
+_RECONCILE_INTERVAL_SECONDS = 30.0
 
 
 @dataclass
@@ -153,12 +158,21 @@ class TemporalBridge:
 class FlowRoutingHandler:
     name = "flows"
 
-    def __init__(self, bridge: TemporalBridge, clock=activity_now) -> None:
+    def __init__(
+        self,
+        bridge: TemporalBridge,
+        clock=activity_now,
+        reconciler: WorkflowReconciler | None = None,
+    ) -> None:
         self.bridge = bridge
         self.clock = clock
         self._definitions: dict[tuple[str, int], FlowDefinition] = {}
         self._pending = Effects()
         self._last_recovery = 0.0
+        self._last_reconcile = 0.0
+        if reconciler is None and isinstance(bridge, TemporalBridge):
+            reconciler = WorkflowReconciler(bridge.client, bridge.loop)
+        self.reconciler = reconciler  # None: a bridge without Temporal (tests that record starts)
 
     def handle(self, session: Session, items: list[RoutedItem]) -> None:
         effects = self._pending = Effects()
@@ -181,6 +195,12 @@ class FlowRoutingHandler:
             with session_scope(engine) as session:
                 self._recover(session, effects)
             self.start(engine, effects)
+        if (
+            self.reconciler is not None
+            and time.monotonic() - self._last_reconcile >= _RECONCILE_INTERVAL_SECONDS
+        ):
+            self._last_reconcile = time.monotonic()
+            self.reconciler.run(engine, self.clock())
 
     def start(self, engine, effects: Effects) -> None:
         """Starts (and signals) what a committed transaction decided; marks the starts done."""

@@ -16,10 +16,12 @@ from herald.conditions import profile_data, profile_matches
 from herald.db import session_scope
 from herald.flow_graph import InternalAlert, ListAction, UpdateProfile, WebhookStep
 from herald.flow_steps import (
+    REASON_MAX,
     ActionRequest,
     CloseRequest,
     ConditionRequest,
     GateRequest,
+    StepReason,
     StepRecord,
 )
 from herald.ids import new_id
@@ -49,8 +51,7 @@ def write_records(session: Session, workflow_id: str, records) -> None:
                 "step_id": r.step_id,
                 "step_type": r.step_type,
                 "outcome": r.outcome,
-                "reason": r.reason,
-                "detail": r.detail,
+                **_reason_and_detail(r),
                 "at": r.at,
             }
             for r in records
@@ -63,6 +64,15 @@ def write_records(session: Session, workflow_id: str, records) -> None:
             .where(FlowEnrollment.workflow_id == workflow_id)
             .values(current_step=last.step_id)
         )
+
+
+def _reason_and_detail(record: StepRecord) -> dict:
+    """Reasons are codes; one that is not (a history written before they were) keeps its
+    words in the detail, so a long reason can never fail the insert."""
+    reason = record.reason
+    if reason is None or len(reason) <= REASON_MAX:
+        return {"reason": reason, "detail": record.detail}
+    return {"reason": reason[:REASON_MAX], "detail": {**record.detail, "reason": reason}}
 
 
 class FlowActivities:
@@ -122,10 +132,10 @@ class FlowActivities:
             write_records(session, request.workflow_id, request.records)
             flow = session.get(Flow, request.flow_id)
             if flow is None or flow.deleted_at is not None:
-                return "flow_deleted"
+                return StepReason.flow_deleted
             status = request.message_status or flow.status
             if status == "draft":
-                return "flow_draft" if request.message_status is None else "draft"
+                return StepReason.flow_draft if request.message_status is None else StepReason.draft
             if status == "live":
                 return "send"
             session.execute(
@@ -173,7 +183,7 @@ class FlowActivities:
             write_records(session, request.workflow_id, request.records)
             profile = session.get(Profile, request.profile_id)
             if profile is None:
-                return "profile_deleted"
+                return StepReason.profile_deleted
             if isinstance(step, UpdateProfile):
                 profile.properties = {**(profile.properties or {}), **step.properties}
                 profile.updated_at = utcnow()
@@ -182,7 +192,7 @@ class FlowActivities:
                 return "done"
             if isinstance(step, ListAction):
                 if session.get(ProfileList, step.list_id) is None:
-                    return "list_deleted"
+                    return StepReason.list_deleted
                 if step.type == "add_to_list":
                     add_members(session, step.list_id, [profile.id])
                 else:
@@ -237,6 +247,6 @@ def _queued(request: GateRequest) -> StepRecord:
         step_id=request.step_id,
         step_type="message",
         outcome="queued",
-        reason="manual_review",
+        reason=StepReason.manual_review,
         at=request.at,
     )

@@ -13,8 +13,8 @@ Outcomes, and what the calling workflow does with them:
   gets an `ActivityError` caused by a timeout, and records the step as skipped.
 - 3xx (redirects are never followed) and any other 4xx: `status="skipped"`,
   `reason="http_<status>"`. Not retried: the receiver said no.
-- a URL that fails `herald.url_safety.check_url`: `status="skipped"`,
-  `reason="unsafe_url: ..."`. Not retried.
+- a URL that fails `herald.url_safety.check_url`: `status="skipped"`, `reason="unsafe_url"`,
+  and what was wrong in `detail`. Not retried.
 
 The request connects to the address that passed the URL check (see herald/url_safety.py), at
 most `webhook_max_response_bytes` of the response are read, and only its size and a short
@@ -38,6 +38,7 @@ from temporalio.exceptions import ApplicationError
 
 from herald.channels import OutgoingMessage, ProviderRejected, ProviderUnavailable, SmtpProvider
 from herald.config import Settings
+from herald.flow_steps import StepReason
 from herald.url_safety import UnsafeUrl, check_url
 from models.enums import Channel
 
@@ -83,7 +84,8 @@ class InternalAlertCall(BaseModel):
 class WebhookResult(BaseModel):
     status: Literal["delivered", "skipped"]
     http_status: int | None = None
-    reason: str | None = None
+    reason: str | None = None  # a short code (StepReason or http_<status>)
+    detail: str | None = None  # in words, for the timeline
     response_bytes: int = 0  # how much of the response body was read (at most the limit)
 
 
@@ -141,7 +143,7 @@ class WebhookActivities:
             target = await asyncio.to_thread(check_url, call.url, self.settings.webhook_allow_hosts)
         except UnsafeUrl as exc:
             log.warning("webhook_refused", reason=exc.reason, **fields)
-            return WebhookResult(status="skipped", reason=f"unsafe_url: {exc.reason}")
+            return WebhookResult(status="skipped", reason=StepReason.unsafe_url, detail=exc.reason)
         fields["host"] = target.host
 
         headers = httpx.Headers(
@@ -230,7 +232,7 @@ class WebhookActivities:
             await smtp.submit(email)
         except ProviderRejected as exc:
             log.warning("internal_alert_rejected", error=str(exc), **fields)
-            return WebhookResult(status="skipped", reason=f"smtp_rejected: {exc}")
+            return WebhookResult(status="skipped", reason=StepReason.smtp_rejected, detail=str(exc))
         except ProviderUnavailable as exc:
             log.warning("internal_alert_failed", error=str(exc), **fields)
             raise ApplicationError(f"SMTP failed: {exc}", type=TRANSIENT_ERROR_TYPE) from exc

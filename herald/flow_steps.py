@@ -1,6 +1,7 @@
 """What the enrollment workflow hands its local activities (pure DTOs)."""
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -8,6 +9,31 @@ from pydantic import BaseModel, Field
 from herald.enrollment import TriggerContext
 from herald.flow_graph import ProfileCondition, Step
 from models.enums import Channel
+
+# enrollment_step.reason and delivery.reason are this long: codes, never free text.
+REASON_MAX = 60
+
+
+class StepReason(StrEnum):
+    """Why a step was skipped or failed, besides the delivery policy's Skip/FailReason.
+
+    Webhook steps answered with a 3xx/4xx record `http_<status>`; the human detail of any
+    reason (the refused host, the SMTP answer, the database error) goes in the line's detail.
+    """
+
+    draft = "draft"  # the message's own status
+    flow_draft = "flow_draft"
+    flow_deleted = "flow_deleted"
+    manual_review = "manual_review"
+    rejected = "rejected"
+    profile_deleted = "profile_deleted"
+    list_deleted = "list_deleted"
+    unsafe_url = "unsafe_url"
+    smtp_rejected = "smtp_rejected"
+    # Retried for the step's whole time budget (24 h) without an answer that ended it.
+    webhook_gave_up = "webhook_gave_up"
+    # A permanent error (herald/activity_errors.py): the step failed, the walk goes on.
+    error = "error"
 
 
 class StepRecord(BaseModel):

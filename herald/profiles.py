@@ -1,4 +1,4 @@
-"""Identity resolution: find the profile an identity names, or create it.
+"""Identity resolution: find the profile an identity names, or create it; delete a profile.
 
 Precedence (SPEC): external_id, then email, then phone, then anonymous_id. Lookups for a whole
 batch are done with one query, so ingesting 1,000 events costs one profile read, not 1,000.
@@ -7,11 +7,15 @@ batch are done with one query, so ingesting 1,000 events costs one profile read,
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import or_
+from sqlalchemy import delete, or_, update
 from sqlmodel import Session, select
 
+from herald.cancellation import cancel_enrollments
 from herald.ids import new_id
+from models.delivery import Delivery, OutboxMessage
+from models.flows import FlowEnrollment
 from models.profile import Profile, ProfileAttributes, ProfileIdentity
+from models.segments import Segment, SegmentMembership
 from models.types import utcnow
 
 IDENTIFIERS = ("external_id", "email", "phone", "anonymous_id")
@@ -130,3 +134,63 @@ def apply_attributes(profile: Profile, attributes: ProfileAttributes) -> None:
             else:
                 merged[key] = value
         profile.properties = merged
+
+
+# What an anonymised enrollment keeps of its trigger: what kind of entry it was, no event data.
+_TRIGGER_KEPT = ("type", "metric", "list_id", "segment_id")
+
+
+def delete_profile(session: Session, profile_id: str) -> list[str] | None:
+    """Deletes a profile and what describes the person; keeps the rows that reports count.
+
+    Returns the workflow ids of the enrollments it cancelled (reason `profile_deleted`), whose
+    workflows the caller stops (herald/cancellation.py), or None when there is no such profile.
+
+    - Deleted with the profile row (ON DELETE CASCADE): events and metric totals, consent and
+      its history, list and segment membership (segment member counts are adjusted first),
+      routing outbox rows, engagement and RFM rows. The embedded outbox's copies of the messages
+      (address and body) are deleted too.
+    - Kept, without personal data: enrollments (cancelled if still running; the trigger keeps
+      its type and metric/list/segment, not the event's properties or value), their timelines,
+      deliveries (address and subject cleared), review items and campaign exits. They hold only
+      the profile's id, a random key that names no one once the profile row is gone, so the flow
+      and campaign reports keep their counts. (The enrollment's reference to the profile is not
+      a foreign key for this reason.)
+    """
+    if session.get(Profile, profile_id, with_for_update=True) is None:
+        return None
+    membership = SegmentMembership.__table__.c
+    segments = Segment.__table__
+    session.execute(
+        update(segments)
+        .where(
+            segments.c.id.in_(
+                select(membership.segment_id).where(membership.profile_id == profile_id)
+            )
+        )
+        .values(member_count=segments.c.member_count - 1)
+    )
+    session.execute(delete(OutboxMessage).where(OutboxMessage.profile_id == profile_id))
+    # The profile first: it waits for a routing batch that holds this profile's outbox rows, so
+    # an enrollment that batch creates is committed, and cancelled below.
+    session.execute(delete(Profile).where(Profile.id == profile_id))
+    enrollments = FlowEnrollment.__table__.c
+    cancelled = cancel_enrollments(session, "profile_deleted", enrollments.profile_id == profile_id)
+    for workflow_id, trigger in session.execute(
+        select(enrollments.workflow_id, enrollments.trigger).where(
+            enrollments.profile_id == profile_id
+        )
+    ):
+        kept = {k: v for k, v in (trigger or {}).items() if k in _TRIGGER_KEPT}
+        if kept != trigger:
+            session.execute(
+                update(FlowEnrollment.__table__)
+                .where(enrollments.workflow_id == workflow_id)
+                .values(trigger=kept)
+            )
+    session.execute(
+        update(Delivery)
+        .where(Delivery.profile_id == profile_id)
+        .values(to_address=None, subject=None)
+    )
+    return cancelled

@@ -98,9 +98,9 @@ async def test_building_scheduling_and_reporting_a_campaign(stack):
     assert [e["profile_id"] for e in exits] == [shoppers[0]]
 
 
-async def test_unscheduling_and_cancelling_stop_the_pending_sends(stack):
-    world, admin = stack
-    shopper = world.profile("pending@example.com")
+async def tomorrow_campaign(world, admin, shopper: str) -> tuple[str, dict]:
+    """A draft campaign with one path (a list of `shopper`) and one email tomorrow at 9:00
+    Amsterdam time; returns (campaign id, path)."""
     members = make_list(world, "Pending", shopper)
     local = (await world.now()).astimezone(ZoneInfo("Europe/Amsterdam"))
     at = (local + timedelta(days=1)).replace(hour=9, minute=0, second=0, microsecond=0)
@@ -118,6 +118,13 @@ async def test_unscheduling_and_cancelling_stop_the_pending_sends(stack):
             "content": {"subject": "Soon", "body": "unsubscribe", "sender": "s@x.io"},
         },
     )
+    return cid, path
+
+
+async def test_unscheduling_and_cancelling_stop_the_pending_sends(stack):
+    world, admin = stack
+    shopper = world.profile("pending@example.com")
+    cid, path = await tomorrow_campaign(world, admin, shopper)
     handle = world.client.get_workflow_handle(f"campaign/{cid}")
     path_handle = world.client.get_workflow_handle(f"campaign/{cid}/path/{path['id']}")
 

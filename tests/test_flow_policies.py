@@ -217,6 +217,30 @@ async def test_a_webhook_step_retries_5xx_and_skips_on_4xx(hook_world, hook_serv
     assert [s[0] for s in world.sent(unlucky)] == ["after"], "a skipped webhook does not stop"
 
 
+async def test_a_webhook_that_fails_for_a_whole_day_is_skipped_and_the_walk_goes_on(
+    hook_world, hook_server
+):
+    world = hook_world
+    world.flow(
+        metric_flow(
+            {"id": "notify", "type": "webhook", "url": hook_server},
+            email("after", "still going", smart_sending=False),
+        )
+    )
+    _Hook.script = [503] * 100  # more failures than a day of back-off retries
+    shopper = world.profile("down@example.com")
+    await world.event("Started Checkout", shopper, "down-1")
+    await world.advance(timedelta(hours=25))
+    await world.until(lambda: world.enrollments(shopper)[0][1] == "completed")
+
+    steps = world.db.rows(
+        "SELECT outcome, reason FROM enrollment_step WHERE step_id = 'notify' "
+        "AND outcome <> 'entered'"
+    )
+    assert [tuple(r) for r in steps] == [("skipped", "webhook_gave_up")]
+    assert [s[0] for s in world.sent(shopper)] == ["after"]
+
+
 async def test_a_review_decision_whose_signal_was_lost_is_picked_up_from_the_database(world):
     world.flow(metric_flow(email("first", "one")), status="manual")
     shopper = world.profile("lost-signal@example.com")

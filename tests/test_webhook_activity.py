@@ -238,9 +238,8 @@ async def test_unsafe_url_is_skipped_without_a_request(receiver):
     result = await call(WebhookActivities(settings(webhook_allow_hosts=[])), webhook_call(url))
 
     assert result.status == "skipped"
-    assert (
-        result.reason == "unsafe_url: host '127.0.0.1' resolves to a loopback address (127.0.0.1)"
-    )
+    assert result.reason == "unsafe_url"
+    assert result.detail == "host '127.0.0.1' resolves to a loopback address (127.0.0.1)"
     assert receiver.requests == []
 
 

@@ -11,8 +11,11 @@ from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from temporalio.exceptions import is_cancelled_exception
+
     from activities.webhooks import (
         WEBHOOK_RETRY_POLICY,
         WEBHOOK_SCHEDULE_TO_CLOSE,
@@ -22,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
         WebhookResult,
     )
     from herald import search_attributes as sa
+    from herald.activity_failures import error_message, is_permanent
     from herald.enrollment import (
         QUERY_STATE,
         SIGNAL_APPROVE,
@@ -50,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         CloseRequest,
         ConditionRequest,
         GateRequest,
+        StepReason,
         StepRecord,
     )
     from herald.property_filters import event_matches
@@ -59,6 +64,11 @@ with workflow.unsafe.imports_passed_through():
 SIGNAL_EVENT = "event"  # arg: metric name the profile just performed (wait-for-event steps)
 
 _LOCAL = {"start_to_close_timeout": timedelta(seconds=30)}
+# Runs cancelled before this patch simply ended; since, a cancelled run closes its enrollment.
+_PATCH_CANCEL_CLOSES = "cancel-closes-enrollment"
+# A failed activity raises ActivityError (the failure is its cause); a failed local activity
+# raises the ApplicationError itself.
+_ACTIVITY_FAILURES = (ActivityError, ApplicationError)
 _REVIEW_RECHECK = timedelta(hours=6)
 # Sending must not give up on a provider or database outage; skips are results, not errors.
 _DELIVER_RETRY = RetryPolicy(
@@ -121,6 +131,16 @@ class FlowEnrollmentWorkflow:
     @workflow.run
     async def run(self, params: EnrollmentInput) -> EnrollmentState:
         self.input = params
+        try:
+            return await self._walk(params)
+        except BaseException as error:
+            # A timer raises CancelledError; an activity, ActivityError caused by the cancellation.
+            if not is_cancelled_exception(error) or not workflow.patched(_PATCH_CANCEL_CLOSES):
+                raise
+            await self._close_cancelled()
+            raise  # the execution ends as Canceled: what happened, for Temporal's views too
+
+    async def _walk(self, params: EnrollmentInput) -> EnrollmentState:
         definition = params.definition
         self._record(definition.entry_step, "entry", "entered")
         step_id: str | None = definition.entry_step
@@ -134,19 +154,40 @@ class FlowEnrollmentWorkflow:
         self.status = _final_status(self.exit_reason)
         self.waiting_for = None
         self.next_wake_at = None
-        await workflow.execute_local_activity(
-            "close_enrollment",
-            CloseRequest(
-                workflow_id=workflow.info().workflow_id,
-                status=self.status,
-                exit_reason=self.exit_reason,
-                step_id=self.current_step,
-                at=workflow.now(),
-                records=self._take_records(),
-            ),
-            **_LOCAL,
-        )
+        await self._close()
         return self.state()
+
+    async def _close_cancelled(self) -> None:
+        """Closes the row and the timeline of a cancelled run (flow or profile deleted,
+        enrollment cancelled). The API signals `exit` with the reason just before it cancels;
+        a cancellation without one (e.g. from Temporal's UI) is recorded as `cancelled`.
+
+        A cancelled workflow may still run activities once it has caught the cancellation; an
+        activity or timer it was awaiting is cancelled, so a webhook retrying for a day stops."""
+        self.exit_reason = self.exit_reason or "cancelled"
+        self.status, self.waiting_for, self.next_wake_at = "cancelled", None, None
+        await self._close()
+
+    async def _close(self) -> None:
+        """Writes the row's end with the last timeline lines. When the database refuses those
+        lines for good, the row is closed without them (a failed line says why), so a bad line
+        cannot keep the enrollment running."""
+        request = CloseRequest(
+            workflow_id=workflow.info().workflow_id,
+            status=self.status,
+            exit_reason=self.exit_reason,
+            step_id=self.current_step,
+            at=workflow.now(),
+            records=self._take_records(),
+        )
+        try:
+            await workflow.execute_local_activity("close_enrollment", request, **_LOCAL)
+        except _ACTIVITY_FAILURES as error:
+            if not request.records or not is_permanent(error) or is_cancelled_exception(error):
+                raise
+            self._failed(self.current_step or "entry", "timeline", error)
+            request.records = self._take_records()
+            await workflow.execute_local_activity("close_enrollment", request, **_LOCAL)
 
     async def _run_step(self, step) -> str | None:
         if isinstance(step, TimeDelay):
@@ -161,16 +202,19 @@ class FlowEnrollmentWorkflow:
             await self._message(step)
             return step.next
         if isinstance(step, ConditionalSplit):
-            holds = await workflow.execute_local_activity(
+            holds = await self._local(
+                step,
                 "evaluate_conditions",
                 ConditionRequest(
                     profile_id=self.input.profile_id,
                     conditions=step.conditions,
                     records=self._take_records(),
                 ),
-                result_type=bool,
-                **_LOCAL,
+                bool,
             )
+            if holds is _FAILED:  # no branch can be chosen: the enrollment ends, failed
+                self.exit_reason = self.exit_reason or _FAILED_EXIT
+                return None
             self._record(step.id, step.type, "processed", detail={"branch": _yes_no(holds)})
             return step.yes if holds else step.no
         if isinstance(step, TriggerSplit):
@@ -235,7 +279,8 @@ class FlowEnrollmentWorkflow:
 
     async def _message(self, step: Message) -> None:
         wid = workflow.info().workflow_id
-        gate = await workflow.execute_local_activity(
+        gate = await self._local(
+            step,
             "prepare_message",
             GateRequest(
                 workflow_id=wid,
@@ -247,9 +292,10 @@ class FlowEnrollmentWorkflow:
                 at=workflow.now(),
                 records=self._take_records(),
             ),
-            result_type=str,
-            **_LOCAL,
+            str,
         )
+        if gate is _FAILED:
+            return
         if gate != "send":
             if gate != "queue":  # draft message or flow: skipped, the walk goes on
                 self._record(step.id, step.type, "skipped", reason=gate)
@@ -279,14 +325,21 @@ class FlowEnrollmentWorkflow:
             segment_id=getattr(self.input.definition.trigger, "segment_id", None),
         )
         while True:
-            result = await workflow.execute_activity(
-                "deliver",
-                request,
-                result_type=DeliveryResult,
-                # One message: seconds at most. Short, so one lost with its worker is retried soon.
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=_DELIVER_RETRY,
-            )
+            try:
+                result = await workflow.execute_activity(
+                    "deliver",
+                    request,
+                    result_type=DeliveryResult,
+                    # One message: seconds at most. Short, so one lost with its worker is
+                    # retried soon.
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=_DELIVER_RETRY,
+                )
+            except ActivityError as error:
+                if not is_permanent(error):
+                    raise
+                self._failed(step.id, step.type, error)
+                return
             if result.status != "held":
                 break
             # Quiet hours: wait (exit-aware) until the window opens, then ask again.
@@ -316,7 +369,8 @@ class FlowEnrollmentWorkflow:
                     timeout=_REVIEW_RECHECK,
                 )
             except TimeoutError:
-                decision = await workflow.execute_local_activity(
+                decision = await self._local(
+                    step,
                     "review_decision",
                     GateRequest(
                         workflow_id=workflow.info().workflow_id,
@@ -327,8 +381,8 @@ class FlowEnrollmentWorkflow:
                         message_status=step.status,
                         at=workflow.now(),
                     ),
-                    result_type=str,
-                    **_LOCAL,
+                    str,
+                    record_failure=False,  # asked again in a few hours
                 )
                 if decision in ("approved", "rejected"):
                     self.decisions.setdefault(step_id, decision)
@@ -337,7 +391,8 @@ class FlowEnrollmentWorkflow:
         self.waiting_for = None
 
     async def _action(self, step, activity: str) -> None:
-        outcome = await workflow.execute_local_activity(
+        outcome = await self._local(
+            step,
             activity,
             ActionRequest(
                 workflow_id=workflow.info().workflow_id,
@@ -348,9 +403,10 @@ class FlowEnrollmentWorkflow:
                 flow_name=self.input.flow_name,
                 records=self._take_records(),
             ),
-            result_type=str,
-            **_LOCAL,
+            str,
         )
+        if outcome is _FAILED:
+            return
         if outcome == "done":
             self._record(step.id, step.type, "processed")
         else:
@@ -359,7 +415,8 @@ class FlowEnrollmentWorkflow:
     async def _webhook(self, step) -> None:
         wid = workflow.info().workflow_id
         is_webhook = isinstance(step, WebhookStep)
-        call = await workflow.execute_local_activity(
+        call = await self._local(
+            step,
             "prepare_webhook",
             ActionRequest(
                 workflow_id=wid,
@@ -370,26 +427,44 @@ class FlowEnrollmentWorkflow:
                 flow_name=self.input.flow_name,
                 records=self._take_records(),
             ),
-            result_type=WebhookCall if is_webhook else InternalAlertCall,
-            **_LOCAL,
+            WebhookCall if is_webhook else InternalAlertCall,
         )
+        if call is _FAILED:
+            return
         # Retries may take up to a day: show operators (and tests) what the run waits for.
         self.waiting_for = "webhook"
-        result = await workflow.execute_activity(
-            "call_webhook" if is_webhook else "send_internal_alert",
-            call,
-            result_type=WebhookResult,
-            schedule_to_close_timeout=WEBHOOK_SCHEDULE_TO_CLOSE,
-            start_to_close_timeout=WEBHOOK_START_TO_CLOSE,
-            retry_policy=WEBHOOK_RETRY_POLICY,
-        )
-        self.waiting_for = None
+        try:
+            result = await workflow.execute_activity(
+                "call_webhook" if is_webhook else "send_internal_alert",
+                call,
+                result_type=WebhookResult,
+                schedule_to_close_timeout=WEBHOOK_SCHEDULE_TO_CLOSE,
+                start_to_close_timeout=WEBHOOK_START_TO_CLOSE,
+                retry_policy=WEBHOOK_RETRY_POLICY,
+            )
+        except ActivityError as error:
+            if is_cancelled_exception(error):
+                raise  # the run was cancelled: run() closes it
+            if is_permanent(error):
+                self._failed(step.id, step.type, error)
+            else:  # the day of retries ran out: the receiver never took it
+                self._record(
+                    step.id,
+                    step.type,
+                    "skipped",
+                    reason=StepReason.webhook_gave_up,
+                    detail={"error": error_message(error)},
+                )
+            return
+        finally:
+            self.waiting_for = None
         if result.status == "delivered":
             self._record(
                 step.id, step.type, "processed", detail={"http_status": result.http_status}
             )
         else:
-            self._record(step.id, step.type, "skipped", reason=result.reason)
+            detail = {"error": result.detail} if result.detail else None
+            self._record(step.id, step.type, "skipped", reason=result.reason, detail=detail)
 
     # ---- timeline ------------------------------------------------------------------------------
 
@@ -419,17 +494,52 @@ class FlowEnrollmentWorkflow:
     async def _flush(self) -> None:
         if not self.records:
             return
-        await workflow.execute_local_activity(
-            "record_steps",
-            CloseRequest(
-                workflow_id=workflow.info().workflow_id,
-                status="running",
-                step_id=self.current_step,
-                at=workflow.now(),
-                records=self._take_records(),
-            ),
-            **_LOCAL,
+        try:
+            await workflow.execute_local_activity(
+                "record_steps",
+                CloseRequest(
+                    workflow_id=workflow.info().workflow_id,
+                    status="running",
+                    step_id=self.current_step,
+                    at=workflow.now(),
+                    records=self._take_records(),
+                ),
+                **_LOCAL,
+            )
+        except _ACTIVITY_FAILURES as error:
+            if not is_permanent(error):
+                raise
+            # The lines that could not be written are gone; the failure itself is written next.
+            self._failed(self.current_step or "entry", "timeline", error)
+
+    async def _local(self, step, activity: str, arg, result_type=None, record_failure=True):
+        """A local activity of `step`; `_FAILED` when it failed for good (recorded, unless
+        told not to), so the walk can go on instead of retrying a permanent error for ever."""
+        try:
+            return await workflow.execute_local_activity(
+                activity, arg, result_type=result_type, **_LOCAL
+            )
+        except _ACTIVITY_FAILURES as error:
+            if not is_permanent(error):
+                raise
+            if record_failure:
+                self._failed(step.id, step.type, error)
+            return _FAILED
+
+    def _failed(self, step_id: str, step_type: str, error: Exception) -> None:
+        self._record(
+            step_id,
+            step_type,
+            "failed",
+            reason=StepReason.error,
+            detail={"error": error_message(error)},
         )
+
+
+# What a step's activity returned when it failed permanently (see _local).
+_FAILED = object()
+# The exit reason of an enrollment that cannot go on (status failed).
+_FAILED_EXIT = "error"
 
 
 def _yes_no(holds: bool) -> str:
@@ -439,6 +549,8 @@ def _yes_no(holds: bool) -> str:
 def _final_status(exit_reason: str | None) -> str:
     if exit_reason is None:
         return "completed"
-    if exit_reason in ("operator", "flow_deleted"):
+    if exit_reason == _FAILED_EXIT:
+        return "failed"
+    if exit_reason in ("operator", "flow_deleted", "profile_deleted", "cancelled"):
         return "cancelled"
     return "exited"

@@ -6,7 +6,9 @@ errors onto HTTP. Scheduling writes the database first and then starts the campa
 when Temporal cannot take it, the campaign goes back to draft and the answer is a 503, so
 scheduling never half-happens. Unscheduling stops the workflow before reverting to draft, for
 the same reason; cancelling is recorded first (a cancelled campaign sends nothing more) and
-the workflow is cancelled after.
+the workflow is cancelled after, best effort: when Temporal cannot be reached the call still
+succeeds (header `Herald-Temporal: pending_reconcile`) and the worker's periodic reconcile
+cancels the workflow (see herald/cancellation.py).
 """
 
 import asyncio
@@ -27,7 +29,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.deps import EngineDep, PrivateKey, SettingsDep
 from api.errors import ApiError, invalid, not_found
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
-from api.temporal_link import TemporalLink
+from api.temporal_link import TEMPORAL_HEADER, TemporalLink
 from herald import campaign_store as store
 from herald.campaign_run import CAMPAIGN_WORKFLOW, CampaignSnapshot, campaign_workflow_id
 from herald.config import Settings
@@ -502,15 +504,20 @@ def _cancel(engine: Engine, campaign_id: str) -> CampaignPublic:
 @router.post(
     "/{campaign_id}/cancel",
     summary="Cancel a scheduled or sending campaign: nothing more is sent (reason `operator`)",
+    description="The campaign is cancelled in the database at once (nothing more is sent), then "
+    "its workflow is asked to cancel. Header `Herald-Temporal`: `cancel_requested`, or "
+    "`pending_reconcile` when Temporal could not be reached; the worker's periodic reconcile "
+    "then cancels the workflow (terminating it if it does not stop within five minutes).",
 )
 async def cancel_campaign(
-    campaign_id: str, request: Request, engine: EngineDep, _key: PrivateKey
+    campaign_id: str, request: Request, response: Response, engine: EngineDep, _key: PrivateKey
 ) -> CampaignPublic:
     public = await run_in_threadpool(_cancel, engine, campaign_id)
-    try:
-        await _cancel_workflow(request.app.state.temporal, campaign_id)
-    except Exception as exc:  # the cancelled row already stops every send
-        log.warning("campaign workflow not cancelled", campaign=campaign_id, error=repr(exc))
+    # The cancelled row already stops every send: Temporal is told best effort.
+    link: TemporalLink = request.app.state.temporal
+    response.headers[TEMPORAL_HEADER] = await link.stop_workflows(
+        [(campaign_workflow_id(campaign_id), None)], TEMPORAL_TIMEOUT_SECONDS
+    )
     return public
 
 

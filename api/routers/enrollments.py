@@ -2,9 +2,11 @@
 
 The database is changed first and is what counts: the deliver activity checks an enrollment's
 status and a review item's decision at send time, and the workflow re-reads both when it wakes.
-The Temporal signal that follows only wakes the workflow early, so it is best effort: a short
-timeout and a warning when Temporal cannot be reached (the trade-off: a lost signal delays the
-workflow noticing until its next wake-up, it never lets a message out).
+The Temporal calls that follow are best effort (a short timeout, a warning when Temporal cannot
+be reached). A review decision's signal only wakes the workflow early: a lost one delays it until
+its next wake-up, it never lets a message out. A cancellation asks the workflow to cancel, and
+whatever Temporal missed is caught up by the router's reconcile (herald/cancellation.py): the
+`Herald-Temporal` response header says `cancel_requested` or `pending_reconcile`.
 """
 
 import asyncio
@@ -12,8 +14,8 @@ from datetime import datetime
 from typing import Annotated
 
 import structlog
-from fastapi import APIRouter, Query, Request
-from sqlalchemy import and_, func, or_, select, update
+from fastapi import APIRouter, Query, Request, Response
+from sqlalchemy import and_, func, or_, select
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from temporalio.service import RPCError, RPCStatusCode
@@ -21,12 +23,12 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.deps import EngineDep, PrivateKey
 from api.errors import ApiError, invalid, not_found
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
-from api.temporal_link import TemporalLink
+from api.temporal_link import TEMPORAL_HEADER, TemporalLink
+from herald.cancellation import cancel_enrollments
 from herald.db import session_scope
 from herald.enrollment import (
     QUERY_STATE,
     SIGNAL_APPROVE,
-    SIGNAL_EXIT,
     SIGNAL_REJECT,
     EnrollmentState,
 )
@@ -115,28 +117,14 @@ async def _live_state(link: TemporalLink, workflow_id: str) -> EnrollmentState |
 
 def cancel_running(session: Session, flow_id: str, reason: str) -> list[str]:
     """Marks every running enrollment of a flow cancelled; returns their workflow ids."""
-    table = FlowEnrollment.__table__
-    ids = list(
-        session.scalars(
-            update(table)
-            .where(table.c.flow_id == flow_id, table.c.status == "running")
-            .values(status="cancelled", exit_reason=reason, ended_at=utcnow())
-            .returning(table.c.workflow_id)
-        )
-    )
-    _expire_reviews(session, ids)
-    return ids
+    return cancel_enrollments(session, reason, FlowEnrollment.__table__.c.flow_id == flow_id)
 
 
-def _expire_reviews(session: Session, workflow_ids: list[str]) -> None:
-    """Pending review items of ended enrollments will never be sent: mark them expired."""
-    if workflow_ids:
-        table = ReviewItem.__table__
-        session.execute(
-            update(table)
-            .where(table.c.workflow_id.in_(workflow_ids), table.c.status == "pending")
-            .values(status="expired", decided_at=utcnow())
-        )
+async def stop_enrollments(link: TemporalLink, workflow_ids: list[str], reason: str) -> str:
+    """Asks the workflows of just-cancelled enrollments to stop (see herald/cancellation.py).
+
+    Returns the `Herald-Temporal` header's value; never raises."""
+    return await link.stop_workflows([(w, reason) for w in workflow_ids], TEMPORAL_TIMEOUT_SECONDS)
 
 
 def _flow(session: Session, flow_id: str) -> Flow:
@@ -237,13 +225,10 @@ async def get_enrollment(
 
 
 def _cancel(engine, workflow_id: str) -> EnrollmentPublic:
-    table = FlowEnrollment.__table__
     with session_scope(engine) as session:
-        changed = session.execute(
-            update(table)
-            .where(table.c.workflow_id == workflow_id, table.c.status == "running")
-            .values(status="cancelled", exit_reason="operator", ended_at=utcnow())
-        ).rowcount
+        changed = cancel_enrollments(
+            session, "operator", FlowEnrollment.__table__.c.workflow_id == workflow_id
+        )
         row = session.get(FlowEnrollment, workflow_id, populate_existing=True)
         if row is None:
             raise not_found("enrollment", workflow_id)
@@ -251,19 +236,24 @@ def _cancel(engine, workflow_id: str) -> EnrollmentPublic:
             raise ApiError(
                 409, "conflict", f"enrollment {workflow_id!r} has already ended ({row.status})"
             )
-        _expire_reviews(session, [workflow_id])
         return _public(row)
 
 
 @router.post(
     "/v1/enrollments/{workflow_id:path}/cancel",
     summary="Cancel a running enrollment (no further step runs; exit reason `operator`)",
+    description="The enrollment is cancelled in the database at once (nothing more is sent), "
+    "then its workflow is asked to cancel. Header `Herald-Temporal`: `cancel_requested`, or "
+    "`pending_reconcile` when Temporal could not be reached; the worker's periodic reconcile "
+    "then cancels the workflow (terminating it if it does not stop within five minutes).",
 )
 async def cancel_enrollment(
-    workflow_id: str, request: Request, engine: EngineDep, _key: PrivateKey
+    workflow_id: str, request: Request, response: Response, engine: EngineDep, _key: PrivateKey
 ) -> EnrollmentPublic:
     cancelled = await run_in_threadpool(_cancel, engine, workflow_id)
-    await signal_enrollments(request.app.state.temporal, [workflow_id], SIGNAL_EXIT, "operator")
+    response.headers[TEMPORAL_HEADER] = await stop_enrollments(
+        request.app.state.temporal, [workflow_id], "operator"
+    )
     return cancelled
 
 

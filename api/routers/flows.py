@@ -12,9 +12,8 @@ from sqlmodel import Session
 from api.deps import EngineDep, PrivateKey
 from api.errors import ApiError, invalid, not_found
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
-from api.routers.enrollments import cancel_running, signal_enrollments
+from api.routers.enrollments import cancel_running, stop_enrollments
 from herald.db import session_scope
-from herald.enrollment import SIGNAL_EXIT
 from herald.flow_graph import FlowDefinition, ListTrigger, MetricTrigger, SegmentTrigger
 from herald.flow_validation import validate_definition
 from herald.ids import new_id
@@ -243,6 +242,10 @@ def _soft_delete(engine, flow_id: str) -> list[str]:
     "/{flow_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a flow: it never triggers again and its running enrollments are cancelled",
+    description="The flow and its running enrollments are cancelled in the database at once "
+    "(nothing more is sent); their workflows are then asked to cancel, after the response. If "
+    "Temporal cannot be reached the call still succeeds: the worker's periodic reconcile cancels "
+    "the workflows (terminating any that do not stop within five minutes).",
 )
 def delete_flow(
     flow_id: str,
@@ -253,8 +256,6 @@ def delete_flow(
 ) -> Response:
     cancelled = _soft_delete(engine, flow_id)
     # After the response: a flow may have thousands of running enrollments, and the cancelled
-    # rows already stop every send (see api/routers/enrollments.py).
-    background.add_task(
-        signal_enrollments, request.app.state.temporal, cancelled, SIGNAL_EXIT, "flow_deleted"
-    )
+    # rows already stop every send (see herald/cancellation.py).
+    background.add_task(stop_enrollments, request.app.state.temporal, cancelled, "flow_deleted")
     return Response(status_code=status.HTTP_204_NO_CONTENT)

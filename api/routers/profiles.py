@@ -3,21 +3,23 @@
 from collections.abc import Callable
 from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from sqlalchemy import Select, exists, select
-from sqlalchemy import delete as sql_delete
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import EngineDep, PrivateKey
 from api.errors import ApiError, invalid, not_found
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
+from api.temporal_link import TEMPORAL_HEADER, TemporalLink
 from herald.consent import MissingAddress, consent_map, set_consent
 from herald.db import session_scope
 from herald.identity import normalize_email, normalize_phone
 from herald.profile_changes import announce_profile_changes
 from herald.profiles import IDENTIFIERS, IdentityConflict, IdentityIndex, apply_attributes
+from herald.profiles import delete_profile as delete_profile_row
 from models.enums import Channel
 from models.events import Metric, ProfileMetricStat
 from models.lists import ListMembership
@@ -36,6 +38,8 @@ from models.types import utcnow
 router = APIRouter(prefix="/v1/profiles", tags=["profiles"])
 
 T = TypeVar("T")
+# How long deleting a profile waits for Temporal before leaving its workflows to the reconcile.
+_TEMPORAL_TIMEOUT_SECONDS = 2.0
 
 
 def public(session: Session, profile: Profile) -> ProfilePublic:
@@ -180,16 +184,33 @@ def _patch(session: Session, profile_id: str, body: ProfileUpdate) -> ProfilePub
     return public(session, profile)
 
 
+def _delete(engine: Engine, profile_id: str) -> list[str]:
+    with session_scope(engine) as session:
+        cancelled = delete_profile_row(session, profile_id)
+    if cancelled is None:
+        raise not_found("profile", profile_id)
+    return cancelled
+
+
 @router.delete(
     "/{profile_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a profile and everything about it (events, consent, memberships)",
+    description="Its running flow enrollments are cancelled (reason `profile_deleted`) and their "
+    "workflows asked to stop; the history that reports count (enrollments, timelines, "
+    "deliveries) is kept without personal data: addresses, subjects and event data are removed. "
+    "Header `Herald-Temporal`: `cancel_requested`, or `pending_reconcile` when Temporal could "
+    "not be reached (the worker's periodic reconcile then stops the workflows).",
 )
-def delete_profile(profile_id: str, engine: EngineDep, _key: PrivateKey) -> Response:
-    with session_scope(engine) as session:
-        load(session, profile_id)
-        session.execute(sql_delete(Profile).where(Profile.id == profile_id))
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+async def delete_profile(
+    profile_id: str, request: Request, engine: EngineDep, _key: PrivateKey
+) -> Response:
+    cancelled = await run_in_threadpool(_delete, engine, profile_id)
+    link: TemporalLink = request.app.state.temporal
+    told = await link.stop_workflows(
+        [(w, "profile_deleted") for w in cancelled], _TEMPORAL_TIMEOUT_SECONDS
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT, headers={TEMPORAL_HEADER: told})
 
 
 @router.get("", summary="List profiles, oldest first, with filters")
