@@ -1,13 +1,23 @@
-"""Herald worker: runs every workflow and activity on the Herald task queue."""
+"""Herald worker: runs every workflow and activity on the Herald task queue.
+
+Stopping (SIGTERM or SIGINT): the worker stops polling, gives running activities
+`worker_shutdown_grace_seconds` to finish, then cancels them (async activities at once, sync ones
+through the SDK's in-thread CancelledError). An activity blocked in C code (a socket read, a
+database lock wait) cannot see that, so the worker waits at most `CANCELLED_ACTIVITY_WAIT_SECONDS`
+more and then exits anyway: Temporal retries the abandoned attempt on another worker after its
+heartbeat or start-to-close timeout, as after a crash. A second signal exits at once.
+"""
 
 import asyncio
+import os
 import signal
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import structlog
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from activities.campaign_routing import CampaignRoutingHandler
@@ -23,9 +33,10 @@ from activities.routing import RouterActivities
 from activities.segment_refresh import SegmentRefreshActivities
 from activities.segment_routing import SegmentRoutingHandler
 from activities.webhooks import WebhookActivities
+from herald.activity_errors import PermanentErrorInterceptor
 from herald.config import Settings
 from herald.db import make_engine
-from herald.observability import LogContextInterceptor
+from herald.observability import LogContextInterceptor, metrics_runtime
 from herald.routing import RoutingHandler
 from herald.search_attributes import attributes
 from herald.temporal import connect
@@ -38,6 +49,9 @@ from workflows.segment_refresh import SegmentRefreshWorkflow, ensure_segment_ref
 
 log = structlog.get_logger("herald.worker")
 
+# How long past the grace period cancelled activities get to return before the worker exits.
+CANCELLED_ACTIVITY_WAIT_SECONDS = 5.0
+
 
 def routing_handlers(client: Client, settings: Settings) -> list[RoutingHandler]:
     """Every routing handler, in the order they see each batch."""
@@ -47,7 +61,7 @@ def routing_handlers(client: Client, settings: Settings) -> list[RoutingHandler]
     return [
         MetricStatsHandler(),
         EngagementHandler(),
-        SegmentRoutingHandler(),
+        SegmentRoutingHandler(retry_seconds=settings.router_segment_retry_seconds),
         FlowRoutingHandler(bridge),
         CampaignRoutingHandler(bridge),
     ]
@@ -61,6 +75,7 @@ def build_worker(
         handlers=routing_handlers(client, settings) if handlers is None else handlers,
         batch_size=settings.router_batch_size,
         poll_seconds=settings.router_poll_seconds,
+        statement_timeout_seconds=settings.router_statement_timeout_seconds,
     )
     flows = FlowActivities(engine)
     delivery = DeliveryActivities(engine, settings)
@@ -110,7 +125,8 @@ def build_worker(
         max_concurrent_activities=settings.worker_activity_threads,
         max_concurrent_local_activities=settings.worker_activity_threads,
         max_cached_workflows=settings.worker_max_cached_workflows,
-        interceptors=[LogContextInterceptor()],
+        interceptors=[LogContextInterceptor(), PermanentErrorInterceptor()],
+        graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_grace_seconds),
     )
 
 
@@ -132,12 +148,7 @@ async def ensure_router(
 
 
 async def run_worker(settings: Settings) -> None:
-    runtime = Runtime(
-        telemetry=TelemetryConfig(
-            metrics=PrometheusConfig(bind_address=f"0.0.0.0:{settings.worker_metrics_port}")
-        )
-    )
-    client = await connect(settings, runtime=runtime, attempts=30)
+    client = await connect(settings, runtime=metrics_runtime(settings), attempts=30)
     engine = make_engine(settings.resolved_database_url)
     worker = build_worker(client, settings, engine)
     await ensure_router(client, settings)
@@ -148,9 +159,34 @@ async def run_worker(settings: Settings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        # The loop's handler runs on the main thread however busy the activity threads are.
+        loop.add_signal_handler(sig, _on_stop_signal, stop, sig)
     log.info("worker started", task_queue=settings.task_queue, temporal=settings.temporal_address)
     async with worker:
         await stop.wait()
-        log.info("worker stopping")
+        grace = settings.worker_shutdown_grace_seconds
+        log.info("worker stopping", grace_seconds=grace)
+        try:
+            await asyncio.wait_for(worker.shutdown(), grace + CANCELLED_ACTIVITY_WAIT_SECONDS)
+        except TimeoutError:
+            # Interpreter exit would join the stuck activity threads, i.e. hang: leave now.
+            log.warning(
+                "worker stopped with activities that ignored cancellation; Temporal retries them",
+                waited_seconds=grace + CANCELLED_ACTIVITY_WAIT_SECONDS,
+            )
+            _exit_now(0)
     engine.dispose()
+    log.info("worker stopped")
+
+
+def _on_stop_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
+    if stop.is_set():
+        log.warning("second stop signal: exiting at once", signal=sig.name)
+        _exit_now(128 + sig)
+    stop.set()
+
+
+def _exit_now(code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -26,6 +26,10 @@ from models.enums import ApiKeyKind
 
 log = structlog.get_logger("herald.dev")
 
+# How long a child gets after SIGTERM before it is killed: past the worker's own bound
+# (worker_shutdown_grace_seconds 15 + 5 s for cancelled activities to return), with a margin.
+_STOP_WAIT_SECONDS = 25
+
 
 def find_binary(name: str) -> str:
     """Prefer the binary installed next to this interpreter (the venv), then PATH."""
@@ -127,7 +131,7 @@ def run_dev(settings: Settings, demo: bool) -> None:
                     proc.send_signal(signal.SIGTERM)
             for name, proc in group:
                 try:
-                    proc.wait(timeout=15)
+                    proc.wait(timeout=_STOP_WAIT_SECONDS)
                 except subprocess.TimeoutExpired:
                     log.warning("killing", process=name)
                     proc.kill()

@@ -1,14 +1,22 @@
-"""Binds workflow id and activity name to every log line an activity emits."""
+"""Worker observability: log context for activities, and where the SDK's metrics are served.
+
+Every log line an activity emits carries its workflow id and activity name. The worker's
+Prometheus endpoint (the Temporal SDK's metrics) has no authentication, unlike the API's
+`/metrics`, so it listens on `worker_metrics_host`: loopback unless a deployment opens it.
+"""
 
 from typing import Any
 
 import structlog
 from temporalio import activity
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import (
     ActivityInboundInterceptor,
     ExecuteActivityInput,
     Interceptor,
 )
+
+from herald.config import Settings
 
 
 class _BindActivityContext(ActivityInboundInterceptor):
@@ -23,3 +31,20 @@ class _BindActivityContext(ActivityInboundInterceptor):
 class LogContextInterceptor(Interceptor):
     def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
         return _BindActivityContext(next)
+
+
+def metrics_bind_address(settings: Settings) -> str:
+    """host:port for the worker's Prometheus endpoint (an IPv6 host in brackets)."""
+    host = settings.worker_metrics_host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{settings.worker_metrics_port}"
+
+
+def metrics_runtime(settings: Settings) -> Runtime:
+    """A Temporal runtime that serves the SDK's metrics at `metrics_bind_address`."""
+    return Runtime(
+        telemetry=TelemetryConfig(
+            metrics=PrometheusConfig(bind_address=metrics_bind_address(settings))
+        )
+    )

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from herald.config import SEARCH_ATTRIBUTES, Settings
+from worker import CANCELLED_ACTIVITY_WAIT_SECONDS
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -67,6 +68,31 @@ def test_api_port_and_health_check_match_settings():
     port = Settings.model_fields["api_port"].default
     assert f"{port}:{port}" in SERVICES["herald-api"]["ports"]
     assert f"127.0.0.1:{port}/readyz" in " ".join(SERVICES["herald-api"]["healthcheck"]["test"])
+
+
+def worker_settings(monkeypatch) -> Settings:
+    for key, value in SERVICES["herald-worker"]["environment"].items():
+        monkeypatch.setenv(key, re.sub(r"\$\{[^:}]+:-([^}]*)\}", r"\1", str(value)))
+    return Settings()
+
+
+def test_worker_metrics_listen_on_loopback_and_are_never_published(monkeypatch):
+    settings = worker_settings(monkeypatch)
+    assert settings.worker_metrics_host == "127.0.0.1"
+    port = str(settings.worker_metrics_port)
+    for name, service in SERVICES.items():
+        assert not any(port in str(mapping) for mapping in service.get("ports", [])), name
+    # How to open it for a scrape is written next to the setting.
+    compose = (ROOT / "docker-compose.yml").read_text()
+    assert "dns_sd_configs" in compose and "never publish" in compose
+
+
+def test_docker_waits_for_the_worker_to_shut_down(monkeypatch):
+    settings = worker_settings(monkeypatch)
+    period = SERVICES["herald-worker"]["stop_grace_period"]
+    seconds = int(re.fullmatch(r"(\d+)s", period).group(1))
+    # The worker's own bound (grace, then cancelled activities), with room to spare.
+    assert seconds >= settings.worker_shutdown_grace_seconds + CANCELLED_ACTIVITY_WAIT_SECONDS + 5
 
 
 def test_setup_registers_exactly_herald_search_attributes():
