@@ -54,9 +54,12 @@ class SegmentRoutingHandler:
         if retry_seconds is None:
             retry_seconds = get_settings().router_segment_retry_seconds
         self.retry_seconds = retry_seconds
+        # Failures as last written, kept outside the transaction: when a batch rolls back for
+        # another reason (a poison row), its halves must not pay for the same slow segment again.
+        self._failures: dict[str, dict] = {}
 
     def handle(self, session: Session, items: list[RoutedItem]) -> None:
-        checks = _Rechecks(session, self.clock(), self.retry_seconds)
+        checks = _Rechecks(session, self.clock(), self.retry_seconds, self._failures)
         checks.retry_deferred()
         for organic in (True, False):  # backfilled history moves members silently
             events = [i for i in items if i.kind is OutboxKind.event and i.backfill is not organic]
@@ -76,8 +79,11 @@ class SegmentRoutingHandler:
 class _Rechecks:
     """One batch's re-checks of the live segments, each isolated from the others."""
 
-    def __init__(self, session: Session, now: datetime, retry_seconds: float) -> None:
+    def __init__(
+        self, session: Session, now: datetime, retry_seconds: float, failures: dict[str, dict]
+    ) -> None:
         self.session, self.now, self.retry_seconds = session, now, retry_seconds
+        self.failures = failures
         self.segments = list(
             session.exec(select(Segment).where(Segment.status == "live").order_by(Segment.id))
             .scalars()
@@ -94,6 +100,23 @@ class _Rechecks:
             for sid, row in self.health.items()
             if row.failures > 0 and row.retry_after is not None and row.retry_after > now
         }
+        self._restore_rolled_back_failures()
+
+    def _restore_rolled_back_failures(self) -> None:
+        """Writes again a failure whose batch rolled back, so the segment rests as it should."""
+        live = {s.id for s in self.segments}
+        for segment_id, values in list(self.failures.items()):
+            if segment_id not in live or values["retry_after"] <= self.now:
+                del self.failures[segment_id]
+                continue
+            row = self.health.get(segment_id)
+            if (
+                row is None
+                or row.last_failed_at is None
+                or row.last_failed_at < values["last_failed_at"]
+            ):
+                self._upsert(values)
+            self.resting.add(segment_id)
 
     def run(self, profile_ids: list[str], organic: bool, **changes) -> None:
         if not profile_ids:
@@ -159,6 +182,7 @@ class _Rechecks:
             "retry_after": self.now + timedelta(seconds=delay),
         }
         self._upsert(values)
+        self.failures[segment_id] = values
         self.resting.add(segment_id)
         count_segment_failure(segment_id)
         log.warning(
@@ -171,6 +195,7 @@ class _Rechecks:
 
     def _recovered(self, segment_id: str) -> None:
         row = self.health.get(segment_id)
+        self.failures.pop(segment_id, None)
         if row is not None and row.failures:
             self._upsert({**row._asdict(), "failures": 0, "retry_after": None})
 

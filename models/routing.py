@@ -66,6 +66,9 @@ class RoutingDeadLetter(SQLModel, table=True):
     """
 
     __tablename__ = "routing_dead_letter"
+    # Ids never reused (SQLite would reuse a deleted row's): a stale retry of a row parked
+    # again must be a 404, not a retry of the new dead letter.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: int | None = Field(
         default=None,

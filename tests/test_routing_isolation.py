@@ -302,6 +302,40 @@ def test_a_poison_item_is_parked_and_later_events_still_route(api, db):
     assert api.post(f"/v1/routing/dead-letters/{parked['id']}/retry").status_code == 404
 
 
+def test_a_batch_split_for_a_poison_item_does_not_re_check_a_failing_segment_again(api, db):
+    # Found by the dev-server test: the failure record rolled back with the failed batch, so
+    # every half of the split paid for the same failing segment again.
+    stored_segment(db, "seg_broken", one({"type": "metric", "metric": "Viewed Product", "x": 1}))
+    uids = [f"v{i}" for i in range(8)]
+    store_events(
+        db.engine,
+        MetricDirectory(),
+        [event(f"p{i % 2}@x.co", "Viewed Product", uid) for i, uid in enumerate(uids)],
+        "test",
+    )
+    before = failures_metric("seg_broken")
+    route(db, [SegmentRoutingHandler(), FragileHandler({"v5"})])
+
+    assert failures_metric("seg_broken") == before + 1
+    status = api.get("/v1/routing/status").json()
+    assert status["segment_errors"] == 1 and status["dead_letters"] == 1
+    [failing] = status["failing_segments"]
+    assert failing["segment_id"] == "seg_broken" and failing["deferred_profiles"] == 2
+
+
+def test_a_dead_letter_parked_again_gets_a_new_id(api, db):
+    store_events(db.engine, MetricDirectory(), [event("p@x.co", "Placed Order", "o1")], "test")
+    fragile = FragileHandler({"o1"})
+    route(db, [fragile])
+    [first] = api.get("/v1/routing/dead-letters").json()["data"]
+    assert api.post(f"/v1/routing/dead-letters/{first['id']}/retry").status_code == 202
+    route(db, [fragile])  # still poison: parked again
+    [again] = api.get("/v1/routing/dead-letters").json()["data"]
+    assert again["outbox_id"] == first["outbox_id"] and again["id"] != first["id"]
+    # A stale retry (of the first parking) is refused, not applied to the new dead letter.
+    assert api.post(f"/v1/routing/dead-letters/{first['id']}/retry").status_code == 404
+
+
 def test_dead_letters_need_the_private_key(anonymous, ingest, db):
     assert anonymous.get("/v1/routing/dead-letters").status_code == 401
     assert ingest.get("/v1/routing/dead-letters").status_code == 403

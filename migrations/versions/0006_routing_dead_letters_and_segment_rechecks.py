@@ -62,6 +62,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["outbox_id"], ["routing_outbox.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("outbox_id"),
+        sqlite_autoincrement=True,
     )
 
 
