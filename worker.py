@@ -33,13 +33,13 @@ from activities.routing import RouterActivities
 from activities.segment_refresh import SegmentRefreshActivities
 from activities.segment_routing import SegmentRoutingHandler
 from activities.webhooks import WebhookActivities
-from herald.activity_errors import PermanentErrorInterceptor
-from herald.config import Settings
-from herald.db import make_engine
-from herald.observability import LogContextInterceptor, metrics_runtime
-from herald.routing import RoutingHandler
-from herald.search_attributes import attributes
-from herald.temporal import connect
+from herald.core.activity_errors import PermanentErrorInterceptor
+from herald.core.config import Settings
+from herald.core.db import make_engine
+from herald.core.observability import LogContextInterceptor, metrics_runtime
+from herald.core.search_attributes import attributes
+from herald.core.temporal import connect
+from herald.routing.contract import RoutingHandler
 from workflows.campaigns import CampaignPathWorkflow, CampaignWorkflow
 from workflows.date_triggers import DateTriggerWorkflow, ensure_date_trigger_schedule
 from workflows.flow_enrollment import FlowEnrollmentWorkflow

@@ -14,9 +14,9 @@ from sqlalchemy import select
 from sqlmodel import Session
 
 from activities.flow_routing import Effects, TemporalBridge
-from herald.campaign_run import SIGNAL_EXITS, path_workflow_id
-from herald.routing import RoutedItem
-from herald.sql import insert_ignoring_conflicts
+from herald.campaigns.contract import SIGNAL_EXITS, path_workflow_id
+from herald.core.sql import insert_ignoring_conflicts
+from herald.routing.contract import RoutedItem
 from models.campaigns import Campaign, CampaignExit, CampaignPath
 from models.enums import OutboxKind
 

@@ -1,11 +1,11 @@
 """Campaign sending activities: plan a message's waves, send a page of recipients, close up.
 
 The path workflow (workflows/campaigns.py) carries only counts and a cursor; recipients are
-resolved here, page by page, with set-based SQL (herald/audience.py), and a whole page is
+resolved here, page by page, with set-based SQL (herald/campaigns/audience.py), and a whole page is
 decided, rendered and recorded in ONE transaction: one query for the page (each row with its
 consent, exit state, this message's earlier outcome, and the recent sends smart sending and caps
 need, all correlated index lookups), one multi-row insert of delivery rows, one of outbox rows
-and one update linking them. The policy is the deliver activity's (herald/delivery_policy.py:
+and one update linking them. The policy is the deliver activity's (herald/delivery/policy.py:
 same rules, same order, same reason names), applied to a page.
 
 Exactly once: every row's idempotency key is `campaign:<campaign>:<message>:<profile>` (unique
@@ -52,7 +52,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.delivery import SUBJECT_MAX
-from herald.audience import (
+from herald.campaigns.audience import (
     audience_condition,
     campaign_audience,
     campaign_zone,
@@ -65,7 +65,7 @@ from herald.audience import (
     segments_named,
     timezone_condition,
 )
-from herald.campaign_run import (
+from herald.campaigns.contract import (
     CampaignSettings,
     CampaignSnapshot,
     FinishRequest,
@@ -78,18 +78,19 @@ from herald.campaign_run import (
     WavePlan,
     path_workflow_id,
 )
-from herald.channels import (
+from herald.core.clock import activity_now
+from herald.core.config import Settings
+from herald.core.db import session_scope
+from herald.core.ids import new_id
+from herald.core.sql import insert_ignoring_conflicts
+from herald.delivery.channels import (
     ChannelProvider,
     OutboxProvider,
     OutgoingMessage,
     ProviderRejected,
     providers_for,
 )
-from herald.clock import activity_now
-from herald.config import Settings
-from herald.consent import address_for
-from herald.db import session_scope
-from herald.delivery_policy import (
+from herald.delivery.policy import (
     DAY,
     QUIET_HOURS_CHANNELS,
     WEEK,
@@ -101,10 +102,9 @@ from herald.delivery_policy import (
     recently_messaged,
     smart_sending_window,
 )
-from herald.ids import new_id
-from herald.segment_membership import segment_clauses
-from herald.sql import insert_ignoring_conflicts
-from herald.templates import TemplateError, render, template_variables
+from herald.delivery.templates import TemplateError, render, template_variables
+from herald.profiles.consent import address_for
+from herald.segments.membership import segment_clauses
 from models.account import Account
 from models.campaigns import Campaign, CampaignExit, CampaignMessage
 from models.delivery import Delivery, OutboxMessage

@@ -30,10 +30,10 @@ from sqlmodel import Session
 from temporalio import activity
 
 from activities.flow_routing import Effects, FlowRoutingHandler
-from herald.db import session_scope
-from herald.enrollment import TriggerContext
-from herald.flow_graph import DatePropertyTrigger
-from herald.property_filters import MISSING, lookup
+from herald.core.db import session_scope
+from herald.flows.contract import TriggerContext
+from herald.flows.graph import DatePropertyTrigger
+from herald.flows.property_filters import MISSING, lookup
 from models.account import Account
 from models.flows import Flow
 from models.profile import Profile

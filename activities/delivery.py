@@ -17,14 +17,18 @@ from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from herald.audience import exit_metric_id, exited_condition
-from herald.channels import ChannelProvider, OutgoingMessage, ProviderRejected, providers_for
-from herald.clock import activity_now
-from herald.conditions import ConditionUnavailable, profile_matches
-from herald.config import Settings
-from herald.consent import address_for
-from herald.db import session_scope
-from herald.delivery_policy import (
+from herald.campaigns.audience import exit_metric_id, exited_condition
+from herald.core.clock import activity_now
+from herald.core.config import Settings
+from herald.core.db import session_scope
+from herald.core.ids import new_id
+from herald.delivery.channels import (
+    ChannelProvider,
+    OutgoingMessage,
+    ProviderRejected,
+    providers_for,
+)
+from herald.delivery.policy import (
     DAY,
     QUIET_HOURS_CHANNELS,
     WEEK,
@@ -37,9 +41,10 @@ from herald.delivery_policy import (
     smart_sending_window,
     zone_or,
 )
-from herald.ids import new_id
-from herald.segment_membership import is_member
-from herald.templates import TemplateError, render, template_variables
+from herald.delivery.templates import TemplateError, render, template_variables
+from herald.flows.conditions import ConditionUnavailable, profile_matches
+from herald.profiles.consent import address_for
+from herald.segments.membership import is_member
 from models.account import Account
 from models.campaigns import Campaign
 from models.delivery import Delivery
@@ -56,8 +61,8 @@ SUBJECT_MAX = 998  # RFC 5322 line limit, and the column's length
 def campaign_exited(session: Session, request: DeliveryRequest) -> bool:
     """Has the profile left this campaign (exit criteria met, removed by an operator)?
 
-    The same rule as the bulk sender's (herald/audience.py `exited_condition`): an exit row, or
-    a conversion event at or after the campaign's start. An unknown campaign exits nobody.
+    The same rule as the bulk sender's (herald/campaigns/audience.py `exited_condition`): an exit
+    row, or a conversion event at or after the campaign's start. An unknown campaign exits nobody.
     """
     campaign = session.execute(
         select(Campaign.exit_metric, Campaign.started_at).where(Campaign.id == request.run_id)

@@ -1,6 +1,7 @@
 """Routing handler for flows: triggers start enrollments, conversions exit them.
 
-Runs inside the router's transaction (see herald/routing.py). For each routed item, in order:
+Runs inside the router's transaction (see herald/routing/contract.py). For each routed item, in
+order:
 1. conversions: running enrollments of the profile whose flow exits on this metric get
    exit_reason `converted` in the database (what the deliver activity checks at send time) and
    an `exit` signal (what wakes them now);
@@ -39,20 +40,20 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.workflow_reconcile import WorkflowReconciler
-from herald.clock import activity_now
-from herald.conditions import profile_matches
-from herald.db import session_scope
-from herald.enrollment import (
+from herald.core.clock import activity_now
+from herald.core.db import session_scope
+from herald.core.search_attributes import attributes
+from herald.core.sql import insert_ignoring_conflicts
+from herald.flows.conditions import profile_matches
+from herald.flows.contract import (
     SIGNAL_EXIT,
     EnrollmentInput,
     TriggerContext,
     enrollment_workflow_id,
 )
-from herald.flow_graph import FlowDefinition, MetricTrigger, WaitForEvent
-from herald.property_filters import event_matches
-from herald.routing import RoutedItem
-from herald.search_attributes import attributes
-from herald.sql import insert_ignoring_conflicts
+from herald.flows.graph import FlowDefinition, MetricTrigger, WaitForEvent
+from herald.flows.property_filters import event_matches
+from herald.routing.contract import RoutedItem
 from models.account import Account
 from models.enums import OutboxKind
 from models.flows import Flow, FlowEnrollment, FlowVersion

@@ -11,11 +11,14 @@ from sqlmodel import Session
 from temporalio import activity
 
 from activities.webhooks import InternalAlertCall, WebhookCall
-from herald.clock import activity_now
-from herald.conditions import profile_data, profile_matches
-from herald.db import session_scope
-from herald.flow_graph import InternalAlert, ListAction, UpdateProfile, WebhookStep
-from herald.flow_steps import (
+from herald.core.clock import activity_now
+from herald.core.db import session_scope
+from herald.core.ids import new_id
+from herald.core.sql import insert_ignoring_conflicts
+from herald.delivery.templates import render
+from herald.flows.conditions import profile_data, profile_matches
+from herald.flows.graph import InternalAlert, ListAction, UpdateProfile, WebhookStep
+from herald.flows.steps import (
     REASON_MAX,
     ActionRequest,
     CloseRequest,
@@ -24,11 +27,8 @@ from herald.flow_steps import (
     StepReason,
     StepRecord,
 )
-from herald.ids import new_id
-from herald.lists import add_members, remove_members
-from herald.profile_changes import announce_profile_changes
-from herald.sql import insert_ignoring_conflicts
-from herald.templates import render
+from herald.profiles.changes import announce_profile_changes
+from herald.profiles.lists import add_members, remove_members
 from models.flows import EnrollmentStep, Flow, FlowEnrollment, ReviewItem
 from models.lists import ProfileList
 from models.profile import Profile

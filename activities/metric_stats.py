@@ -10,8 +10,8 @@ from datetime import datetime
 from sqlalchemy import case
 from sqlmodel import Session
 
-from herald.routing import RoutedItem
-from herald.sql import upsert
+from herald.core.sql import upsert
+from herald.routing.contract import RoutedItem
 from models.enums import OutboxKind
 from models.events import ProfileMetricStat
 

@@ -1,4 +1,4 @@
-"""The RFM analysis activity: one run of herald/rfm.py in one transaction.
+"""The RFM analysis activity: one run of herald/analytics/rfm.py in one transaction.
 
 The workflow passes the time the schedule fired for, so every attempt scores as of the same
 moment. A retry after a commit whose result was lost finds the run already stored for that
@@ -15,9 +15,9 @@ from sqlalchemy.engine import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from herald.clock import activity_now
-from herald.db import session_scope
-from herald.rfm import run_rfm
+from herald.analytics.rfm import run_rfm
+from herald.core.clock import activity_now
+from herald.core.db import session_scope
 from models.segments import RfmRun
 
 log = structlog.get_logger("herald.rfm")

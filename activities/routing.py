@@ -1,11 +1,11 @@
 """The router's activity: claim pending outbox rows, hand them to every handler, commit.
 
 A batch that fails is split in halves, each routed in its own transaction, until the row that
-fails alone is found and parked (herald/routing.py:park); the rest commits in outbox order. Errors
-about the moment (a lost connection, lock contention) are not blamed on the rows: they fail the
-activity, which Temporal retries with back-off. A failure that raises nothing (the worker dies,
-the activity times out) is caught on the retry: that attempt routes the oldest row alone and
-counts the try first, so a row that kills its worker is parked after a few tries.
+fails alone is found and parked (herald/routing/contract.py:park); the rest commits in outbox
+order. Errors about the moment (a lost connection, lock contention) are not blamed on the rows:
+they fail the activity, which Temporal retries with back-off. A failure that raises nothing (the
+worker dies, the activity times out) is caught on the retry: that attempt routes the oldest row
+alone and counts the try first, so a row that kills its worker is parked after a few tries.
 Every statement runs under `router_statement_timeout_seconds`.
 """
 
@@ -22,9 +22,9 @@ from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import CancelledError
 
-from herald.config import get_settings
-from herald.db import is_transient, session_scope, statement_budget
-from herald.routing import RoutedItem, RoutingHandler, describe, park
+from herald.core.config import get_settings
+from herald.core.db import is_transient, session_scope, statement_budget
+from herald.routing.contract import RoutedItem, RoutingHandler, describe, park
 from models.enums import OutboxKind
 from models.events import Event, Metric
 from models.routing import RoutingOutbox

@@ -6,8 +6,8 @@ from pydantic import BaseModel
 from sqlalchemy.engine import Engine
 from temporalio import activity
 
-from herald.db import session_scope
-from herald.segment_membership import refresh_dependents
+from herald.core.db import session_scope
+from herald.segments.membership import refresh_dependents
 
 
 class SegmentRefreshCounts(BaseModel):

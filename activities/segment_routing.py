@@ -21,12 +21,12 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
-from herald.clock import activity_now
-from herald.config import get_settings
-from herald.db import is_transient
-from herald.journey_results import engagement_kind
-from herald.routing import RoutedItem, count_segment_failure, describe
-from herald.segment_membership import (
+from herald.analytics.journey import engagement_kind
+from herald.core.clock import activity_now
+from herald.core.config import get_settings
+from herald.core.db import is_transient
+from herald.routing.contract import RoutedItem, count_segment_failure, describe
+from herald.segments.membership import (
     affected,
     defer_rechecks,
     deferred_rechecks,

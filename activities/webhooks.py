@@ -16,8 +16,8 @@ Outcomes, and what the calling workflow does with them:
 - a URL that fails `herald.url_safety.check_url`: `status="skipped"`, `reason="unsafe_url"`,
   and what was wrong in `detail`. Not retried.
 
-The request connects to the address that passed the URL check (see herald/url_safety.py), at
-most `webhook_max_response_bytes` of the response are read, and only its size and a short
+The request connects to the address that passed the URL check (see herald/delivery/url_safety.py),
+at most `webhook_max_response_bytes` of the response are read, and only its size and a short
 snippet are logged. The receiver can deduplicate retries by the `Idempotency-Key` header, which
 the workflow derives from its ID and the step ID.
 """
@@ -36,10 +36,15 @@ from temporalio import activity
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
-from herald.channels import OutgoingMessage, ProviderRejected, ProviderUnavailable, SmtpProvider
-from herald.config import Settings
-from herald.flow_steps import StepReason
-from herald.url_safety import UnsafeUrl, check_url
+from herald.core.config import Settings
+from herald.delivery.channels import (
+    OutgoingMessage,
+    ProviderRejected,
+    ProviderUnavailable,
+    SmtpProvider,
+)
+from herald.delivery.url_safety import UnsafeUrl, check_url
+from herald.flows.steps import StepReason
 from models.enums import Channel
 
 log = structlog.get_logger("herald.webhooks")

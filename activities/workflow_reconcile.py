@@ -1,6 +1,6 @@
 """The periodic reconcile between cancelled rows and the workflows that run them.
 
-The API cancels in the database first and then asks Temporal (herald/cancellation.py); this
+The API cancels in the database first and then asks Temporal (herald/flows/cancellation.py); this
 catches up whatever that missed, on both sides, a bounded batch per pass:
 
 1. enrollments cancelled in the database whose workflow has not confirmed it stopped (no exit
@@ -34,9 +34,10 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.flows import write_records
-from herald import campaign_store
-from herald.campaign_run import campaign_workflow_id
-from herald.cancellation import (
+from herald.campaigns import store as campaign_store
+from herald.campaigns.contract import campaign_workflow_id
+from herald.core.db import session_scope
+from herald.flows.cancellation import (
     CANCEL_GRACE,
     RETRY_AFTER,
     cancel_enrollments,
@@ -44,8 +45,7 @@ from herald.cancellation import (
     has_exit_line,
     request_stops,
 )
-from herald.db import session_scope
-from herald.flow_steps import StepRecord
+from herald.flows.steps import StepRecord
 from models.campaigns import Campaign
 from models.flows import FlowEnrollment
 from models.profile import Profile

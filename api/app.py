@@ -26,11 +26,11 @@ from api.routers import (
     webhooks,
 )
 from api.temporal_link import TemporalLink
-from herald.config import Settings, get_settings
-from herald.db import make_engine
-from herald.group_commit import IngestQueue
-from herald.ingest import MetricDirectory
-from herald.keys import KeyVerifier
+from herald.core.config import Settings, get_settings
+from herald.core.db import make_engine
+from herald.core.keys import KeyVerifier
+from herald.ingest.events import MetricDirectory
+from herald.ingest.group_commit import IngestQueue
 
 DESCRIPTION = """
 Herald's HTTP API. Management endpoints take a **private key** (`Authorization: Bearer hk_priv_…`);

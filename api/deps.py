@@ -12,8 +12,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope
 
 from api.errors import ApiError, not_storable
-from herald.config import Settings
-from herald.keys import Principal
+from herald.core.config import Settings
+from herald.core.keys import Principal
 from models.enums import ApiKeyKind
 from models.types import unstorable
 

@@ -1,4 +1,4 @@
-"""Cursor pagination: opaque cursors over time-ordered string ids (see herald/ids.py)."""
+"""Cursor pagination: opaque cursors over time-ordered string ids (see herald/core/ids.py)."""
 
 import base64
 from typing import Annotated, Generic, TypeVar

@@ -5,9 +5,9 @@ import asyncio
 import structlog
 from temporalio.client import Client
 
-from herald.cancellation import StopRequest, request_stops
-from herald.config import Settings
-from herald.temporal import connect
+from herald.core.config import Settings
+from herald.core.temporal import connect
+from herald.flows.cancellation import StopRequest, request_stops
 
 log = structlog.get_logger("herald.api")
 

@@ -14,7 +14,7 @@ list) straight into Herald's database, and measures, in one run:
 2. Herald. One campaign, one path (the list), three messages: email (send time in the past: it
    goes at once), SMS, email; smart sending off (the third message would otherwise skip everyone
    the first reached); exit criteria Placed Order. The rows are inserted the way the API writes
-   them and the snapshot is built by herald/campaign_store.py, then the "Campaign" workflow is
+   them and the snapshot is built by herald/campaigns/store.py, then the "Campaign" workflow is
    started as the API starts it, on the worker `herald dev` runs (the router runs beside it).
    Send times have minute resolution, so messages 2 and 3 are set far enough ahead (estimated
    from --rate-guess) that message 1 has finished: as soon as message 1 is marked sent, Placed
@@ -59,15 +59,15 @@ import naive_campaign
 from common import RESULTS, Stack, cpu_seconds, rss_kb
 from temporalio.api.enums.v1 import EventType
 
-from herald import campaign_store as store
-from herald.campaign_run import CAMPAIGN_WORKFLOW, campaign_workflow_id
-from herald.config import Settings
-from herald.db import make_engine, session_scope
-from herald.flow_graph import MessageContent
-from herald.ids import new_id
-from herald.ingest import MetricDirectory, ingest
-from herald.search_attributes import attributes
-from herald.temporal import connect
+from herald.campaigns import store
+from herald.campaigns.contract import CAMPAIGN_WORKFLOW, campaign_workflow_id
+from herald.core.config import Settings
+from herald.core.db import make_engine, session_scope
+from herald.core.ids import new_id
+from herald.core.search_attributes import attributes
+from herald.core.temporal import connect
+from herald.flows.graph import MessageContent
+from herald.ingest.events import MetricDirectory, ingest
 from models.campaigns import Campaign, CampaignMessage, CampaignPath
 from models.events import EventIn
 from models.lists import ListMembership, ProfileList

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from herald.devstack import find_binary
+from herald.cli.devstack import find_binary
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -30,7 +30,7 @@ from common import RESULTS, Connection, Stack, percentile
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from herald.config import Settings
+from herald.core.config import Settings
 
 TARGET_BATCHED_EPS = 5_000
 TARGET_SINGLE_EPS = 800

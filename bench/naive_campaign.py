@@ -20,7 +20,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from herald.flow_graph import MessageContent
+    from herald.flows.graph import MessageContent
     from models.delivery_dto import DeliveryRequest, DeliveryResult
     from models.enums import Channel
 
@@ -73,9 +73,9 @@ async def run_worker(address: str, task_queue: str, database_url: str) -> None:
     from temporalio.worker import Worker
 
     from activities.delivery import DeliveryActivities
-    from herald.config import Settings
-    from herald.db import make_engine
-    from herald.temporal import connect
+    from herald.core.config import Settings
+    from herald.core.db import make_engine
+    from herald.core.temporal import connect
 
     settings = Settings(temporal_address=address, database_url=database_url, task_queue=task_queue)
     client = await connect(settings, attempts=30)

@@ -45,11 +45,11 @@ from common import RESULTS, percentile
 from sqlalchemy import Table, delete, insert, select, text
 from sqlalchemy.engine import Connection, Engine
 
-from herald.db import make_engine, session_scope
-from herald.ingest import MetricDirectory, ingest
-from herald.migrate import upgrade
-from herald.rfm import run_rfm
-from herald.segment_definition import (
+from herald.analytics.rfm import run_rfm
+from herald.cli.migrate import upgrade
+from herald.core.db import make_engine, session_scope
+from herald.ingest.events import MetricDirectory, ingest
+from herald.segments.definition import (
     PROFILE_FIELDS,
     BetweenDates,
     ConsentCondition,
@@ -58,8 +58,8 @@ from herald.segment_definition import (
     PropertyCondition,
     SegmentDefinition,
 )
-from herald.segment_membership import refresh, refresh_dependents
-from herald.segment_store import create_segment
+from herald.segments.membership import refresh, refresh_dependents
+from herald.segments.store import create_segment
 from models.events import Event, EventIn
 from models.profile import Consent, Profile
 from models.segments import Segment, SegmentMembership

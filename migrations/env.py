@@ -4,8 +4,8 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import models  # noqa: F401  (registers every table on the metadata)
-from herald.config import get_settings
-from herald.db import make_engine
+from herald.core.config import get_settings
+from herald.core.db import make_engine
 
 config = context.config
 target_metadata = SQLModel.metadata

@@ -4,7 +4,7 @@ import re
 
 from pydantic import BaseModel, Field, StrictInt, field_validator, model_validator
 
-from herald.identity import normalize_timezone
+from herald.profiles.normalize import normalize_timezone
 from models.enums import Channel
 from models.types import reject_unstorable
 

@@ -1,7 +1,7 @@
 """What the campaigns API takes and returns (the tables are in models/campaigns.py).
 
 Drafts may be incomplete: a message can be saved without a body or subject, and the review
-(herald/campaign_review.py) says what is still missing before the campaign can be scheduled.
+(herald/campaigns/review.py) says what is still missing before the campaign can be scheduled.
 What can never be right (an unknown timezone, a custom conversion metric, 60 %/hour) is a 422
 at once, naming the field.
 """
@@ -11,8 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from herald.catalogue import is_builtin
-from herald.identity import normalize_timezone
+from herald.ingest.catalogue import is_builtin
+from herald.profiles.normalize import normalize_timezone
 from models.enums import Channel
 from models.types import reject_unstorable
 

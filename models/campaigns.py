@@ -85,7 +85,7 @@ class CampaignMessage(SQLModel, table=True):
     )
     position: int
     channel: str = Field(sa_type=String(16))
-    # MessageContent (herald/flow_graph.py): subject, body (Liquid), sender.
+    # MessageContent (herald/flows/graph.py): subject, body (Liquid), sender.
     content: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType))
     # Wall-clock send time, "YYYY-MM-DDTHH:MM", in the campaign's (or recipient's) timezone.
     send_at_local: str = Field(max_length=16)

@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from herald.flow_graph import MessageContent, ProfileCondition
+from herald.flows.graph import MessageContent, ProfileCondition
 from models.enums import Channel
 
 

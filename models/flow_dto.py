@@ -5,8 +5,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from herald.enrollment import EnrollmentState
-from herald.flow_graph import FlowDefinition
+from herald.flows.contract import EnrollmentState
+from herald.flows.graph import FlowDefinition
 from models.types import reject_unstorable
 
 FlowStatus = Literal["draft", "manual", "live"]

@@ -57,7 +57,7 @@ class FlowEnrollment(SQLModel, table=True):
     workflow_id: str = Field(primary_key=True, max_length=255)
     flow_id: str = Field(sa_column=Column(String(40), ForeignKey("flow.id"), nullable=False))
     version: int
-    # Not a foreign key: the enrollment outlives a deleted profile (herald/profiles.py).
+    # Not a foreign key: the enrollment outlives a deleted profile (herald/profiles/resolution.py).
     profile_id: str = Field(sa_column=Column(String(40), nullable=False))
     entry_key: str = Field(max_length=200)
     # running | completed | exited | cancelled | failed (EnrollmentStatus)

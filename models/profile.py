@@ -7,7 +7,7 @@ from pydantic import field_validator, model_validator
 from sqlalchemy import ForeignKey, String
 from sqlmodel import Column, Field, SQLModel
 
-from herald.identity import normalize_email, normalize_phone, normalize_timezone
+from herald.profiles.normalize import normalize_email, normalize_phone, normalize_timezone
 from models.enums import Channel, ConsentStatus
 from models.types import JSONType, UTCDateTime, reject_unstorable, utcnow
 

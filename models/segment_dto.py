@@ -16,7 +16,7 @@ class _In(BaseModel):
 class SegmentCreate(_In):
     name: str = Field(min_length=1, max_length=200)
     description: str = Field(default="", max_length=2000)
-    # A SegmentDefinition (herald/segment_definition.py); validated by the store, which names
+    # A SegmentDefinition (herald/segments/definition.py); validated by the store, which names
     # each problem's field as `definition.all_of[0].any_of[1].operator`.
     definition: dict[str, Any]
 

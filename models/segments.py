@@ -1,6 +1,6 @@
 """Segments and their materialized membership, journey engagement, and RFM scores and runs.
 
-A segment's definition (herald/segment_definition.py) is JSON here; its members are
+A segment's definition (herald/segments/definition.py) is JSON here; its members are
 materialized in `segment_membership`, kept current by the router (incremental) and a schedule
 (time-relative and journey conditions). `delivery_engagement` attributes opens, clicks and
 bounces to the delivery they name, so journey results are indexed lookups rather than JSON scans

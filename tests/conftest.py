@@ -19,11 +19,11 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from api.app import create_app
-from herald.config import Settings
-from herald.db import make_engine, session_scope
-from herald.devstack import find_binary
-from herald.keys import create_key
-from herald.migrate import upgrade
+from herald.cli.devstack import find_binary
+from herald.cli.migrate import upgrade
+from herald.core.config import Settings
+from herald.core.db import make_engine, session_scope
+from herald.core.keys import create_key
 from models.enums import ApiKeyKind
 
 POSTGRES_URL = os.environ.get("HERALD_TEST_POSTGRES_URL")
@@ -229,7 +229,7 @@ async def temporal_server():
     from temporalio.contrib.pydantic import pydantic_data_converter
     from temporalio.testing import WorkflowEnvironment
 
-    from herald import search_attributes as sa
+    from herald.core import search_attributes as sa
 
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=find_binary("temporal"),

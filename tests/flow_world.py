@@ -21,13 +21,13 @@ from activities.flow_routing import FlowRoutingHandler, TemporalBridge
 from activities.metric_stats import MetricStatsHandler
 from activities.routing import RouterActivities
 from activities.segment_routing import SegmentRoutingHandler
-from herald.config import Settings
-from herald.consent import set_consent
-from herald.db import session_scope
-from herald.enrollment import QUERY_STATE, EnrollmentState
-from herald.flow_graph import FlowDefinition
-from herald.ids import new_id
-from herald.ingest import MetricDirectory, ingest
+from herald.core.config import Settings
+from herald.core.db import session_scope
+from herald.core.ids import new_id
+from herald.flows.contract import QUERY_STATE, EnrollmentState
+from herald.flows.graph import FlowDefinition
+from herald.ingest.events import MetricDirectory, ingest
+from herald.profiles.consent import set_consent
 from models.enums import Channel, ConsentStatus
 from models.events import EventIn
 from models.flows import Flow, FlowEnrollment, FlowVersion

@@ -1,6 +1,6 @@
-"""A plain-Python reading of the segment semantics (herald/segment_definition.py), for tests.
+"""A plain-Python reading of the segment semantics (herald/segments/definition.py), for tests.
 
-Deliberately independent of herald/segment_sql.py: it walks in-memory rows one profile at a time
+Deliberately independent of herald/segments/sql.py: it walks in-memory rows one profile at a time
 and follows the module docstring of segment_definition word for word, so that a property test can
 hold the SQL compiler to it.
 """
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from herald.segment_definition import (
+from herald.segments.definition import (
     NEGATIVE_OPERATORS,
     PROFILE_FIELDS,
     AllTime,

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from herald import keys as herald_keys
-from herald.db import session_scope
-from herald.keys import create_key
+from herald.core import keys as herald_keys
+from herald.core.db import session_scope
+from herald.core.keys import create_key
 from models.enums import ApiKeyKind
 
 EVENT = {"metric": "Viewed Product", "profile": {"email": "ada@example.com"}}

@@ -12,8 +12,8 @@ from temporalio.exceptions import ApplicationError
 
 from activities.campaigns import CampaignActivities, plan_waves
 from activities.delivery import DeliveryActivities
-from herald.audience import campaign_audience, count_of, path_audience
-from herald.campaign_run import (
+from herald.campaigns.audience import campaign_audience, count_of, path_audience
+from herald.campaigns.contract import (
     CampaignSettings,
     CampaignSnapshot,
     FinishRequest,
@@ -24,11 +24,11 @@ from herald.campaign_run import (
     PlanRequest,
     Wave,
 )
-from herald.channels import OutgoingMessage, ProviderRejected
-from herald.config import Settings
-from herald.db import session_scope
-from herald.flow_graph import MessageContent
-from herald.ids import new_id
+from herald.core.config import Settings
+from herald.core.db import session_scope
+from herald.core.ids import new_id
+from herald.delivery.channels import OutgoingMessage, ProviderRejected
+from herald.flows.graph import MessageContent
 from models.account import Account
 from models.campaigns import Campaign, CampaignExit, CampaignMessage, CampaignPath
 from models.delivery import Delivery

@@ -10,17 +10,17 @@ import subprocess
 import uuid
 from datetime import timedelta
 
-from herald.campaign_run import (
+from herald.campaigns.contract import (
     CampaignSettings,
     CampaignSnapshot,
     MessageSnapshot,
     PathSnapshot,
     campaign_workflow_id,
 )
-from herald.db import session_scope
-from herald.devstack import find_binary
-from herald.flow_graph import MessageContent
-from herald.ids import new_id
+from herald.cli.devstack import find_binary
+from herald.core.db import session_scope
+from herald.core.ids import new_id
+from herald.flows.graph import MessageContent
 from models.campaigns import Campaign, CampaignMessage, CampaignPath
 from models.lists import ListMembership, ProfileList
 from models.profile import Consent, Profile

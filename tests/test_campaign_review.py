@@ -3,7 +3,7 @@
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from herald.campaign_review import (
+from herald.campaigns.review import (
     MessageFacts,
     PathFacts,
     ReviewFacts,

@@ -6,7 +6,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from herald.campaign_run import (
+from herald.campaigns.contract import (
     QUERY_STATE,
     CampaignSettings,
     CampaignSnapshot,
@@ -16,10 +16,10 @@ from herald.campaign_run import (
     campaign_workflow_id,
     path_workflow_id,
 )
-from herald.db import session_scope
-from herald.flow_graph import MessageContent
-from herald.ids import new_id
-from herald.lists import add_members
+from herald.core.db import session_scope
+from herald.core.ids import new_id
+from herald.flows.graph import MessageContent
+from herald.profiles.lists import add_members
 from models.campaigns import Campaign, CampaignMessage, CampaignPath
 from models.lists import ProfileList
 from tests.flow_world import start_world

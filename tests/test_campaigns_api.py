@@ -15,10 +15,10 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowExecutionStatus
 
 from api.app import create_app
-from herald import search_attributes as sa
-from herald.config import Settings
-from herald.db import session_scope
-from herald.ids import new_id
+from herald.core import search_attributes as sa
+from herald.core.config import Settings
+from herald.core.db import session_scope
+from herald.core.ids import new_id
 from models.campaigns import CampaignExit
 from models.delivery import Delivery
 from tests.conftest import serve

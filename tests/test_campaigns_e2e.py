@@ -9,8 +9,8 @@ import pytest
 from temporalio.service import RPCError
 
 from api.app import create_app
-from herald.campaign_run import QUERY_STATE, PathRun
-from herald.config import Settings
+from herald.campaigns.contract import QUERY_STATE, PathRun
+from herald.core.config import Settings
 from tests.conftest import serve
 from tests.flow_world import start_world
 from tests.test_campaign_scenarios import make_list

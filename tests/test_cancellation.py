@@ -19,9 +19,9 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError
 
 from api.app import create_app
-from herald.campaign_run import QUERY_STATE, PathRun
-from herald.config import Settings
-from herald.enrollment import SIGNAL_EXIT
+from herald.campaigns.contract import QUERY_STATE, PathRun
+from herald.core.config import Settings
+from herald.flows.contract import SIGNAL_EXIT
 from tests.conftest import free_port, serve
 from tests.flow_world import FlowWorld, start_world
 from tests.test_campaigns_e2e import tomorrow_campaign

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from herald.config import SEARCH_ATTRIBUTES, Settings
+from herald.core.config import SEARCH_ATTRIBUTES, Settings
 from worker import CANCELLED_ACTIVITY_WAIT_SECONDS
 
 ROOT = Path(__file__).resolve().parent.parent

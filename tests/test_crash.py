@@ -9,8 +9,8 @@ import uuid
 import httpx
 import pytest
 
-from herald.devstack import find_binary
-from herald.ingest import MetricDirectory, ingest
+from herald.cli.devstack import find_binary
+from herald.ingest.events import MetricDirectory, ingest
 from models.events import EventIn
 from tests.conftest import free_port
 from workflows.router import ROUTER_WORKFLOW_ID

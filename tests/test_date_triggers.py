@@ -32,12 +32,12 @@ from activities.date_triggers import (
     parse_date_value,
 )
 from activities.flow_routing import Effects, FlowRoutingHandler, TemporalBridge
-from herald.config import Settings
-from herald.consent import set_consent
-from herald.db import session_scope
-from herald.enrollment import EnrollmentInput, enrollment_workflow_id
-from herald.flow_graph import DatePropertyTrigger, FlowDefinition
-from herald.ids import new_id
+from herald.core.config import Settings
+from herald.core.db import session_scope
+from herald.core.ids import new_id
+from herald.flows.contract import EnrollmentInput, enrollment_workflow_id
+from herald.flows.graph import DatePropertyTrigger, FlowDefinition
+from herald.profiles.consent import set_consent
 from models.account import Account
 from models.enums import Channel, ConsentStatus
 from models.flows import Flow, FlowVersion

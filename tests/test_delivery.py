@@ -16,14 +16,14 @@ from temporalio.testing import ActivityEnvironment
 
 import activities.delivery as delivery_module
 from activities.delivery import DeliveryActivities
-from herald.channels import ProviderUnavailable
-from herald.conditions import ConditionUnavailable
-from herald.config import Settings
-from herald.consent import set_consent
-from herald.db import session_scope
-from herald.delivery_policy import parse_clock, quiet_hours_end
-from herald.flow_graph import MessageContent
-from herald.ids import new_id
+from herald.core.config import Settings
+from herald.core.db import session_scope
+from herald.core.ids import new_id
+from herald.delivery.channels import ProviderUnavailable
+from herald.delivery.policy import parse_clock, quiet_hours_end
+from herald.flows.conditions import ConditionUnavailable
+from herald.flows.graph import MessageContent
+from herald.profiles.consent import set_consent
 from models.account import Account
 from models.delivery import Delivery
 from models.delivery_dto import DeliveryRequest, DeliveryResult
@@ -352,7 +352,7 @@ def test_a_condition_the_installation_cannot_evaluate_fails_without_retrying(
 
 
 def test_segment_membership_is_rechecked_before_the_send(db, deliver):
-    from herald.segment_store import create_segment
+    from herald.segments.store import create_segment
     from models.types import utcnow
 
     ada = make_profile(db)

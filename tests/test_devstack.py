@@ -10,8 +10,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from herald.cli import app as cli
-from herald.devstack import find_binary
+from herald.cli.commands import app as cli
+from herald.cli.devstack import find_binary
 from tests.conftest import free_port
 
 
@@ -95,7 +95,7 @@ def test_dev_stack_runs_the_demo_and_keeps_data_across_restarts(tmp_path):
 
 def test_keys_create_prints_a_key_that_is_stored_only_as_a_digest(database, monkeypatch):
     monkeypatch.setenv("HERALD_DATABASE_URL", database.env()["HERALD_DATABASE_URL"])
-    from herald.config import get_settings
+    from herald.core.config import get_settings
 
     get_settings.cache_clear()
     try:

@@ -17,8 +17,8 @@ from temporalio import workflow
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from api.app import create_app
-from herald.config import Settings
-from herald.enrollment import EnrollmentState, enrollment_workflow_id
+from herald.core.config import Settings
+from herald.flows.contract import EnrollmentState, enrollment_workflow_id
 from models.delivery import Delivery
 from models.flows import EnrollmentStep, FlowEnrollment, ReviewItem
 from tests.conftest import serve

@@ -27,9 +27,9 @@ import pytest
 from sqlalchemy import insert, text
 
 from api.app import create_app
-from herald.config import Settings
-from herald.db import session_scope
-from herald.devstack import find_binary
+from herald.cli.devstack import find_binary
+from herald.core.config import Settings
+from herald.core.db import session_scope
 from models.events import Event
 from models.routing import RoutingOutbox
 from models.segments import Segment

@@ -4,9 +4,9 @@ import asyncio
 import json
 import uuid
 
-from herald.config import Settings
-from herald.devstack import find_binary
-from herald.ingest import MetricDirectory, ingest
+from herald.cli.devstack import find_binary
+from herald.core.config import Settings
+from herald.ingest.events import MetricDirectory, ingest
 from models.events import EventIn
 from tests.flow_world import FlowWorld
 from tests.test_flow_scenarios import chain, email

@@ -107,7 +107,7 @@ async def test_a_profile_that_stops_matching_the_filters_exits_with_reason_filte
     )
     mover = world.profile("mover@example.com", region="EU")
     await world.event("Started Checkout", mover, "M-1")
-    from herald.db import session_scope
+    from herald.core.db import session_scope
     from models.profile import Profile
 
     with session_scope(world.db.engine) as session:

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from herald.enrollment import SIGNAL_APPROVE, SIGNAL_REJECT
+from herald.flows.contract import SIGNAL_APPROVE, SIGNAL_REJECT
 from tests.flow_world import start_world
 from tests.test_flow_scenarios import chain, email
 

@@ -4,8 +4,8 @@ from datetime import timedelta
 
 import pytest
 
-from herald.db import session_scope
-from herald.lists import add_members
+from herald.core.db import session_scope
+from herald.profiles.lists import add_members
 from tests.flow_world import start_world
 
 HOUR = timedelta(hours=1)

@@ -3,8 +3,8 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from herald.flow_graph import MAX_DELAY_DAYS, FlowDefinition, RandomSplit
-from herald.flow_validation import SEGMENTS_UNAVAILABLE, validate_definition
+from herald.flows.graph import MAX_DELAY_DAYS, FlowDefinition, RandomSplit
+from herald.flows.validation import SEGMENTS_UNAVAILABLE, validate_definition
 
 METRICS = {"Placed Order", "Started Checkout", "Opened Email"}
 LISTS = {"lst_vip"}

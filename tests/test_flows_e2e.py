@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from api.app import create_app
-from herald.config import Settings
+from herald.core.config import Settings
 from tests.conftest import serve
 from tests.flow_world import start_world
 

@@ -4,9 +4,9 @@ import asyncio
 
 import pytest
 
-import herald.group_commit as group_commit
-from herald.group_commit import IngestQueue
-from herald.ingest import MetricDirectory
+import herald.ingest.group_commit as group_commit
+from herald.ingest.events import MetricDirectory
+from herald.ingest.group_commit import IngestQueue
 from models.events import EventIn
 
 

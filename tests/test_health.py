@@ -3,7 +3,7 @@
 import httpx
 
 from api.app import create_app
-from herald.config import Settings
+from herald.core.config import Settings
 from tests.conftest import serve
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from herald.identity import normalize_email, normalize_phone, normalize_timezone
+from herald.profiles.normalize import normalize_email, normalize_phone, normalize_timezone
 
 
 @pytest.mark.parametrize(

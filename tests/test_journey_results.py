@@ -8,16 +8,16 @@ import pytest
 
 from activities.engagement_routing import EngagementHandler
 from activities.routing import RouterActivities
-from herald.db import session_scope
-from herald.ids import new_id
-from herald.ingest import MetricDirectory, ingest
-from herald.journey_results import (
+from herald.analytics.journey import (
     engagement_kind,
     record_engagement,
     result_members,
     run_results,
 )
-from herald.routing import RoutedItem
+from herald.core.db import session_scope
+from herald.core.ids import new_id
+from herald.ingest.events import MetricDirectory, ingest
+from herald.routing.contract import RoutedItem
 from models.campaigns import Campaign, CampaignExit, CampaignMessage, CampaignPath
 from models.delivery import Delivery
 from models.enums import OutboxKind

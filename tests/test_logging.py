@@ -6,7 +6,7 @@ import logging
 import pytest
 import structlog
 
-from herald.logging import configure_logging
+from herald.core.logging import configure_logging
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
 import models  # noqa: F401
-from herald.catalogue import BUILTIN_METRICS
+from herald.ingest.catalogue import BUILTIN_METRICS
 
 
 def test_migrated_schema_matches_the_models(database):

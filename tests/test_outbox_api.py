@@ -3,7 +3,7 @@
 import pytest
 
 from activities.delivery import DeliveryActivities
-from herald.config import Settings
+from herald.core.config import Settings
 from tests.test_delivery import account, campaign, clock, make_profile  # noqa: F401
 
 

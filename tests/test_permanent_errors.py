@@ -9,7 +9,7 @@ import contextlib
 
 import pytest
 
-from herald.db import session_scope
+from herald.core.db import session_scope
 from tests.flow_world import start_world
 from tests.test_flow_policies import metric_flow
 from tests.test_flow_scenarios import email, lapsed_list
@@ -125,8 +125,8 @@ async def test_a_step_the_database_refuses_fails_and_the_walk_goes_on(
 def test_only_errors_no_retry_can_fix_are_permanent():
     from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 
-    from herald.activity_errors import permanent_reason
-    from herald.templates import TemplateError
+    from herald.core.activity_errors import permanent_reason
+    from herald.delivery.templates import TemplateError
 
     too_long = DataError("INSERT ...", {"reason": "x" * 100}, Exception("value too long\nDETAIL"))
     assert permanent_reason(too_long) == "Exception: value too long"

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 from sqlmodel import select
 
-from herald.db import session_scope
+from herald.core.db import session_scope
 from models.events import Metric, ProfileMetricStat
 
 ADA = {

@@ -17,8 +17,8 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from herald.db import session_scope
-from herald.enrollment import SIGNAL_APPROVE
+from herald.core.db import session_scope
+from herald.flows.contract import SIGNAL_APPROVE
 from models.lists import ProfileList
 from tests.flow_world import start_world
 from tests.test_flow_scenarios import chain, email
@@ -129,8 +129,8 @@ async def test_record_flow_enrollment_histories(skipping_env, db):
 async def test_record_router_and_date_trigger_histories(temporal_server, db):
     import uuid
 
-    from herald.config import Settings
-    from herald.ingest import MetricDirectory, ingest
+    from herald.core.config import Settings
+    from herald.ingest.events import MetricDirectory, ingest
     from models.events import EventIn
     from worker import build_worker, ensure_router
     from workflows.router import RouterState

@@ -18,12 +18,12 @@ from temporalio.client import ScheduleOverlapPolicy, ScheduleRange, WorkflowFail
 from temporalio.exceptions import ApplicationError
 
 from activities.rfm import INVALID_RFM_INPUT
-from herald import rfm as rfm_module
-from herald import segment_membership
-from herald.config import Settings
-from herald.db import session_scope
-from herald.rfm import CustomerOrders, rfm_group, run_rfm, score_customers, terciles
-from herald.search_attributes import KIND
+from herald.analytics import rfm as rfm_module
+from herald.analytics.rfm import CustomerOrders, rfm_group, run_rfm, score_customers, terciles
+from herald.core.config import Settings
+from herald.core.db import session_scope
+from herald.core.search_attributes import KIND
+from herald.segments import membership as segment_membership
 from models.events import Event
 from models.profile import Profile
 from models.types import utcnow
@@ -35,7 +35,7 @@ AS_OF = datetime(2025, 6, 1, 3, 0, tzinfo=UTC)
 SECOND_DAY = AS_OF + timedelta(days=1)
 PER_COMBO = 22
 
-# The table in herald/rfm.py, written out for every score: (R, F, M) -> group.
+# The table in herald/analytics/rfm.py, written out for every score: (R, F, M) -> group.
 EXPECTED_GROUP = {
     (r, f, m): {
         3: {"high": "Champions", "mid": "Loyal", "low": "Recent"},

@@ -8,11 +8,11 @@ import pytest
 from sqlmodel import Session
 
 from activities.metric_stats import MetricStatsHandler
-from herald.config import Settings
-from herald.db import session_scope
-from herald.ingest import MetricDirectory, ingest
-from herald.lists import add_members
-from herald.routing import RoutedItem
+from herald.core.config import Settings
+from herald.core.db import session_scope
+from herald.ingest.events import MetricDirectory, ingest
+from herald.profiles.lists import add_members
+from herald.routing.contract import RoutedItem
 from models.enums import OutboxKind
 from models.events import EventIn
 from models.lists import ProfileList

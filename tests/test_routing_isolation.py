@@ -17,11 +17,11 @@ from sqlmodel import Session
 from activities.metric_stats import MetricStatsHandler
 from activities.routing import RouterActivities
 from activities.segment_routing import SegmentRoutingHandler
-from herald.db import session_scope, statement_budget
-from herald.ingest import MetricDirectory
-from herald.ingest import ingest as store_events
-from herald.routing import RoutedItem
-from herald.segment_store import create_segment, set_status
+from herald.core.db import session_scope, statement_budget
+from herald.ingest.events import MetricDirectory
+from herald.ingest.events import ingest as store_events
+from herald.routing.contract import RoutedItem
+from herald.segments.store import create_segment, set_status
 from models.enums import OutboxKind
 from models.events import Event, EventIn
 from models.lists import ProfileList

@@ -4,8 +4,8 @@ from datetime import UTC, datetime, time
 
 import pytest
 
-from herald.flow_graph import TimeDelay
-from herald.schedule import wake_time
+from herald.flows.graph import TimeDelay
+from herald.flows.schedule import wake_time
 
 
 def delay(**fields) -> TimeDelay:

@@ -6,8 +6,8 @@ from datetime import timedelta
 import pytest
 
 from activities.segment_refresh import SegmentRefreshActivities
-from herald.db import session_scope
-from herald.segment_store import create_segment, set_status
+from herald.core.db import session_scope
+from herald.segments.store import create_segment, set_status
 from models.segments import Segment
 from tests.flow_world import start_world
 
@@ -144,7 +144,7 @@ async def test_browsing_again_re_enters_and_a_split_reads_the_segment(world):
 
 def audience(world, campaign_id: str) -> int:
     """The campaign's audience as the sender counts it (herald/campaign_store.audience_counts)."""
-    from herald.campaign_store import audience_counts
+    from herald.campaigns.store import audience_counts
     from models.campaigns import Campaign, CampaignPath
 
     with session_scope(world.db.engine) as session:
@@ -211,7 +211,7 @@ def seed_order_history(world, now, customers: int = 600, days: int = 200) -> lis
     history (backfill: it moves no one into a flow). Every customer is subscribed to email."""
     import random
 
-    from herald.ingest import ingest
+    from herald.ingest.events import ingest
     from models.events import EventIn
 
     rng = random.Random(1)
@@ -238,7 +238,7 @@ def seed_order_history(world, now, customers: int = 600, days: int = 200) -> lis
         ingest(world.db.engine, world.metrics, events[start : start + 500], "import")
     from sqlalchemy import select
 
-    from herald.consent import set_consent
+    from herald.profiles.consent import set_consent
     from models.enums import Channel, ConsentStatus
     from models.profile import Profile
 
@@ -250,7 +250,7 @@ def seed_order_history(world, now, customers: int = 600, days: int = 200) -> lis
 
 
 async def run_rfm(world) -> dict:
-    from herald.rfm import run_rfm as rfm
+    from herald.analytics.rfm import run_rfm as rfm
 
     with session_scope(world.db.engine) as session:
         outcome = rfm(session, await world.now())
@@ -348,7 +348,7 @@ async def test_the_refresh_workflow_drops_members_whose_window_passed(world):
 async def test_the_refresh_schedule_is_created_once(temporal_server, db):
     import uuid
 
-    from herald.config import Settings
+    from herald.core.config import Settings
     from workflows.segment_refresh import (
         SEGMENT_REFRESH_EVERY,
         SEGMENT_REFRESH_WORKFLOW_ID,

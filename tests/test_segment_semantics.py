@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import insert, not_, select
 
-from herald.segment_definition import OPERATORS, PROFILE_FIELDS, RFM_GROUPS, SegmentDefinition
-from herald.segment_sql import members_query, segment_clause
+from herald.segments.definition import OPERATORS, PROFILE_FIELDS, RFM_GROUPS, SegmentDefinition
+from herald.segments.sql import members_query, segment_clause
 from models.enums import Channel, ConsentStatus
 from models.events import Event, Metric
 from models.lists import ListMembership, ProfileList
@@ -187,8 +187,8 @@ def store(database: Database, world: World, metric_ids: dict[str, int]) -> None:
 def selected(database: Database, definition: SegmentDefinition) -> tuple[set[str], set[str]]:
     """The members per `members_query`, and the profiles for which NOT (the clause) holds.
 
-    Audiences exclude segments with NOT (herald/audience.py): the clause must be false, never
-    unknown (NULL), for a non-member."""
+    Audiences exclude segments with NOT (herald/campaigns/audience.py): the clause must be false,
+    never unknown (NULL), for a non-member."""
     profile = Profile.__table__
     outside = select(profile.c.id).where(not_(segment_clause(definition, NOW)))
     with database.engine.connect() as conn:

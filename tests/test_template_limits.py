@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from herald.activity_errors import permanent_reason
-from herald.campaign_review import MessageFacts, PathFacts, ReviewFacts, review_campaign
-from herald.templates import TemplateError, render
+from herald.campaigns.review import MessageFacts, PathFacts, ReviewFacts, review_campaign
+from herald.core.activity_errors import permanent_reason
+from herald.delivery.templates import TemplateError, render
 
 PEAK_BYTES = 16 * 1024 * 1024  # a render over a limit stays far below what it would build
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from herald.templates import TemplateError, render, template_problem, template_variables
+from herald.delivery.templates import TemplateError, render, template_problem, template_variables
 
 PROFILE = {
     "id": "pr_1",

@@ -1,13 +1,13 @@
-"""Outbound URL checks for webhook and internal-alert steps (herald/url_safety.py)."""
+"""Outbound URL checks for webhook and internal-alert steps (herald/delivery/url_safety.py)."""
 
 import ipaddress
 import socket
 
 import pytest
 
-from herald import url_safety
-from herald.config import Settings
-from herald.url_safety import UnsafeUrl, check_url
+from herald.core.config import Settings
+from herald.delivery import url_safety
+from herald.delivery.url_safety import UnsafeUrl, check_url
 
 PUBLIC_IP = "93.184.215.14"
 

@@ -34,9 +34,9 @@ from activities.webhooks import (
     WebhookCall,
     WebhookResult,
 )
-from herald import url_safety
-from herald.config import Settings
-from herald.devstack import find_binary
+from herald.cli.devstack import find_binary
+from herald.core.config import Settings
+from herald.delivery import url_safety
 from tests.conftest import free_port
 
 

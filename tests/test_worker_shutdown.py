@@ -23,13 +23,13 @@ from pathlib import Path
 import pytest
 from temporalio.service import RPCError
 
-from herald.config import Settings
-from herald.db import session_scope
-from herald.devstack import find_binary
-from herald.flow_graph import FlowDefinition
-from herald.ids import new_id
-from herald.ingest import MetricDirectory, ingest
-from herald.observability import metrics_bind_address
+from herald.cli.devstack import find_binary
+from herald.core.config import Settings
+from herald.core.db import session_scope
+from herald.core.ids import new_id
+from herald.core.observability import metrics_bind_address
+from herald.flows.graph import FlowDefinition
+from herald.ingest.events import MetricDirectory, ingest
 from models.events import EventIn
 from models.flows import Flow, FlowVersion
 from tests.conftest import free_port

@@ -16,8 +16,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from herald import search_attributes as sa
-    from herald.campaign_run import (
+    from herald.campaigns.contract import (
         CAMPAIGN_WORKFLOW,
         PATH_WORKFLOW,
         QUERY_STATE,
@@ -32,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
         WavePlan,
         path_workflow_id,
     )
+    from herald.core import search_attributes as sa
 
 # Sending must outlast database or provider outages: retry with back-off, never give up.
 _RETRY = RetryPolicy(

@@ -24,8 +24,8 @@ from temporalio.common import RetryPolicy, SearchAttributeKey, TypedSearchAttrib
 
 with workflow.unsafe.imports_passed_through():
     from activities.date_triggers import DateTriggerCounts
-    from herald.config import Settings
-    from herald.search_attributes import attributes
+    from herald.core.config import Settings
+    from herald.core.search_attributes import attributes
 
 DATE_TRIGGER_SCHEDULE_ID = "herald-date-triggers"
 # The schedule appends the scheduled time to this ID for each run.

@@ -24,9 +24,9 @@ with workflow.unsafe.imports_passed_through():
         WebhookCall,
         WebhookResult,
     )
-    from herald import search_attributes as sa
-    from herald.activity_failures import error_message, is_permanent
-    from herald.enrollment import (
+    from herald.core import search_attributes as sa
+    from herald.core.activity_failures import error_message, is_permanent
+    from herald.flows.contract import (
         QUERY_STATE,
         SIGNAL_APPROVE,
         SIGNAL_EXIT,
@@ -35,7 +35,7 @@ with workflow.unsafe.imports_passed_through():
         EnrollmentInput,
         EnrollmentState,
     )
-    from herald.flow_graph import (
+    from herald.flows.graph import (
         ConditionalSplit,
         ExitStep,
         InternalAlert,
@@ -49,7 +49,9 @@ with workflow.unsafe.imports_passed_through():
         WebhookStep,
         delay_seconds,
     )
-    from herald.flow_steps import (
+    from herald.flows.property_filters import event_matches
+    from herald.flows.schedule import wake_time
+    from herald.flows.steps import (
         ActionRequest,
         CloseRequest,
         ConditionRequest,
@@ -57,8 +59,6 @@ with workflow.unsafe.imports_passed_through():
         StepReason,
         StepRecord,
     )
-    from herald.property_filters import event_matches
-    from herald.schedule import wake_time
     from models.delivery_dto import DeliveryRequest, DeliveryResult
 
 SIGNAL_EVENT = "event"  # arg: metric name the profile just performed (wait-for-event steps)

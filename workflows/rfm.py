@@ -26,8 +26,8 @@ from workflows.date_triggers import scheduled_time
 
 with workflow.unsafe.imports_passed_through():
     from activities.rfm import INVALID_RFM_INPUT
-    from herald.config import Settings
-    from herald.search_attributes import attributes
+    from herald.core.config import Settings
+    from herald.core.search_attributes import attributes
 
 RFM_SCHEDULE_ID = "herald-rfm"
 # The schedule appends the scheduled time to this ID for each run.

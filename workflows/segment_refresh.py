@@ -24,8 +24,8 @@ from temporalio.common import RetryPolicy, TypedSearchAttributes
 
 with workflow.unsafe.imports_passed_through():
     from activities.segment_refresh import SegmentRefreshCounts
-    from herald.config import Settings
-    from herald.search_attributes import attributes
+    from herald.core.config import Settings
+    from herald.core.search_attributes import attributes
     from workflows.date_triggers import scheduled_time
 
 SEGMENT_REFRESH_SCHEDULE_ID = "herald-segment-refresh"

@@ -3,7 +3,7 @@
 from fastapi import APIRouter
 
 from api.deps import EngineDep, PrivateKey
-from herald.db import session_scope
+from herald.core.db import session_scope
 from models.account import Account
 from models.account_dto import AccountSettings, AccountUpdate
 from models.types import utcnow

@@ -1,14 +1,14 @@
 """Omnichannel campaigns: drafts (settings, paths, messages), review, schedule, cancel, report.
 
-The rules live in herald/campaign_store.py (limits, locks, audiences, snapshot) and
-herald/campaign_review.py (errors and warnings); this router maps requests onto them and their
+The rules live in herald/campaigns/store.py (limits, locks, audiences, snapshot) and
+herald/campaigns/review.py (errors and warnings); this router maps requests onto them and their
 errors onto HTTP. Scheduling writes the database first and then starts the campaign's workflow;
 when Temporal cannot take it, the campaign goes back to draft and the answer is a 503, so
 scheduling never half-happens. Unscheduling stops the workflow before reverting to draft, for
 the same reason; cancelling is recorded first (a cancelled campaign sends nothing more) and
 the workflow is cancelled after, best effort: when Temporal cannot be reached the call still
 succeeds (header `Herald-Temporal: pending_reconcile`) and the worker's periodic reconcile
-cancels the workflow (see herald/cancellation.py).
+cancels the workflow (see herald/flows/cancellation.py).
 """
 
 import asyncio
@@ -30,11 +30,11 @@ from api.deps import EngineDep, PrivateKey, SettingsDep
 from api.errors import ApiError, invalid, not_found
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
 from api.temporal_link import TEMPORAL_HEADER, TemporalLink
-from herald import campaign_store as store
-from herald.campaign_run import CAMPAIGN_WORKFLOW, CampaignSnapshot, campaign_workflow_id
-from herald.config import Settings
-from herald.db import session_scope
-from herald.search_attributes import attributes
+from herald.campaigns import store
+from herald.campaigns.contract import CAMPAIGN_WORKFLOW, CampaignSnapshot, campaign_workflow_id
+from herald.core.config import Settings
+from herald.core.db import session_scope
+from herald.core.search_attributes import attributes
 from models.campaign_dto import (
     CampaignCreate,
     CampaignPublic,

@@ -5,7 +5,7 @@ status and a review item's decision at send time, and the workflow re-reads both
 The Temporal calls that follow are best effort (a short timeout, a warning when Temporal cannot
 be reached). A review decision's signal only wakes the workflow early: a lost one delays it until
 its next wake-up, it never lets a message out. A cancellation asks the workflow to cancel, and
-whatever Temporal missed is caught up by the router's reconcile (herald/cancellation.py): the
+whatever Temporal missed is caught up by the router's reconcile (herald/flows/cancellation.py): the
 `Herald-Temporal` response header says `cancel_requested` or `pending_reconcile`.
 """
 
@@ -24,15 +24,15 @@ from api.deps import EngineDep, PrivateKey
 from api.errors import ApiError, invalid, not_found
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
 from api.temporal_link import TEMPORAL_HEADER, TemporalLink
-from herald.cancellation import cancel_enrollments
-from herald.db import session_scope
-from herald.enrollment import (
+from herald.core.db import session_scope
+from herald.flows.cancellation import cancel_enrollments
+from herald.flows.contract import (
     QUERY_STATE,
     SIGNAL_APPROVE,
     SIGNAL_REJECT,
     EnrollmentState,
 )
-from herald.flow_graph import FlowDefinition
+from herald.flows.graph import FlowDefinition
 from models.delivery import Delivery
 from models.flow_dto import (
     EnrollmentDetail,
@@ -121,7 +121,7 @@ def cancel_running(session: Session, flow_id: str, reason: str) -> list[str]:
 
 
 async def stop_enrollments(link: TemporalLink, workflow_ids: list[str], reason: str) -> str:
-    """Asks the workflows of just-cancelled enrollments to stop (see herald/cancellation.py).
+    """Asks the workflows of just-cancelled enrollments to stop (see herald/flows/cancellation.py).
 
     Returns the `Herald-Temporal` header's value; never raises."""
     return await link.stop_workflows([(w, reason) for w in workflow_ids], TEMPORAL_TIMEOUT_SECONDS)

@@ -13,10 +13,10 @@ from api.deps import EngineDep, PrivateKey
 from api.errors import ApiError, invalid, not_found
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
 from api.routers.enrollments import cancel_running, stop_enrollments
-from herald.db import session_scope
-from herald.flow_graph import FlowDefinition, ListTrigger, MetricTrigger, SegmentTrigger
-from herald.flow_validation import validate_definition
-from herald.ids import new_id
+from herald.core.db import session_scope
+from herald.core.ids import new_id
+from herald.flows.graph import FlowDefinition, ListTrigger, MetricTrigger, SegmentTrigger
+from herald.flows.validation import validate_definition
 from models.events import Metric
 from models.flow_dto import (
     FlowCreate,
@@ -256,6 +256,6 @@ def delete_flow(
 ) -> Response:
     cancelled = _soft_delete(engine, flow_id)
     # After the response: a flow may have thousands of running enrollments, and the cancelled
-    # rows already stop every send (see herald/cancellation.py).
+    # rows already stop every send (see herald/flows/cancellation.py).
     background.add_task(stop_enrollments, request.app.state.temporal, cancelled, "flow_deleted")
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,7 +1,7 @@
 """Journey results of flows and campaigns: counts per step, who is behind each count, and
 "save as segment" (a draft segment that keeps growing as more profiles get the result).
 
-The rules and the SQL live in herald/journey_results.py; member lists run the same clause as
+The rules and the SQL live in herald/analytics/journey.py; member lists run the same clause as
 the segment, so a list, its count and a segment saved from it always agree.
 """
 
@@ -13,16 +13,16 @@ from api.deps import EngineDep, PrivateKey
 from api.errors import invalid, not_found
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
 from api.routers.segments import api_error as segment_api_error
-from herald.db import session_scope
-from herald.journey_results import (
+from herald.analytics.journey import (
     JourneyQueryError,
     journey_condition,
     result_members,
     run_results,
     run_steps,
 )
-from herald.segment_definition import JourneyCondition
-from herald.segment_store import SegmentProblem, create_segment
+from herald.core.db import session_scope
+from herald.segments.definition import JourneyCondition
+from herald.segments.store import SegmentProblem, create_segment
 from models.segment_dto import SegmentPublic
 from models.types import reject_nul, utcnow
 
@@ -42,7 +42,7 @@ class StepResults(BaseModel):
 
 
 class RunResults(BaseModel):
-    """Every number counts distinct profiles (see herald/journey_results.py)."""
+    """Every number counts distinct profiles (see herald/analytics/journey.py)."""
 
     run_kind: str
     run_id: str

@@ -9,9 +9,9 @@ from api.deps import EngineDep, PrivateKey
 from api.errors import invalid, not_found
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
 from api.routers.profiles import members_page
-from herald.db import session_scope
-from herald.ids import new_id
-from herald.lists import UnknownProfiles, add_members, member_counts, remove_members
+from herald.core.db import session_scope
+from herald.core.ids import new_id
+from herald.profiles.lists import UnknownProfiles, add_members, member_counts, remove_members
 from models.lists import (
     ListCreate,
     ListMembership,

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from api.deps import EngineDep, PrivateKey
 from api.errors import invalid
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
-from herald.db import session_scope
+from herald.core.db import session_scope
 from models.delivery import Delivery, OutboxMessage
 from models.enums import Channel
 

@@ -14,12 +14,17 @@ from api.deps import EngineDep, PrivateKey
 from api.errors import ApiError, invalid, not_found
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
 from api.temporal_link import TEMPORAL_HEADER, TemporalLink
-from herald.consent import MissingAddress, consent_map, set_consent
-from herald.db import session_scope
-from herald.identity import normalize_email, normalize_phone
-from herald.profile_changes import announce_profile_changes
-from herald.profiles import IDENTIFIERS, IdentityConflict, IdentityIndex, apply_attributes
-from herald.profiles import delete_profile as delete_profile_row
+from herald.core.db import session_scope
+from herald.profiles.changes import announce_profile_changes
+from herald.profiles.consent import MissingAddress, consent_map, set_consent
+from herald.profiles.normalize import normalize_email, normalize_phone
+from herald.profiles.resolution import (
+    IDENTIFIERS,
+    IdentityConflict,
+    IdentityIndex,
+    apply_attributes,
+)
+from herald.profiles.resolution import delete_profile as delete_profile_row
 from models.enums import Channel
 from models.events import Metric, ProfileMetricStat
 from models.lists import ListMembership

@@ -9,8 +9,8 @@ from sqlalchemy import func, select
 from api.deps import EngineDep, PrivateKey
 from api.errors import invalid, not_found
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
-from herald.db import session_scope
-from herald.routing import dead_letter_count, requeue
+from herald.core.db import session_scope
+from herald.routing.contract import dead_letter_count, requeue
 from models.routing import RoutingDeadLetter, RoutingOutbox, SegmentRecheck, SegmentRoutingHealth
 from models.types import utcnow
 

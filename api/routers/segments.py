@@ -11,8 +11,8 @@ from api.deps import EngineDep, PrivateKey
 from api.errors import ApiError, invalid, not_found
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
 from api.routers.profiles import members_page
-from herald.db import session_scope
-from herald.segment_store import (
+from herald.core.db import session_scope
+from herald.segments.store import (
     SegmentProblem,
     create_segment,
     delete_segment,

@@ -12,8 +12,8 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import EngineDep, IngestKey
 from api.errors import ApiError, invalid
 from api.routers.events import batch_response, validate_items
-from herald.identify import identify
-from herald.segment_spec import identify_to_profile, track_to_event
+from herald.ingest.identify_calls import identify
+from herald.ingest.tracking_calls import identify_to_profile, track_to_event
 from models.events import MAX_BATCH_EVENTS
 
 router = APIRouter(prefix="/v1", tags=["tracking (Segment-compatible)"])

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from api.deps import EngineDep, SettingsDep
 from api.errors import ApiError, field_errors
-from herald.shopify import order_to_events, signature_valid
+from herald.ingest.shopify import order_to_events, signature_valid
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 

@@ -14,7 +14,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 import models.types
-from herald.catalogue import BUILTIN_METRICS
+from herald.ingest.catalogue import BUILTIN_METRICS
 
 revision: str = "0001"
 down_revision: str | None = None

@@ -1,7 +1,7 @@
 """an enrollment outlives its profile: no foreign key from flow_enrollment to profile
 
 Deleting a profile keeps its enrollments (cancelled, without personal data) so that flow
-reports keep their counts; see herald/profiles.py delete_profile.
+reports keep their counts; see herald/profiles/resolution.py delete_profile.
 
 Revision ID: 0007
 Revises: 0006

@@ -1,0 +1,28 @@
+"""Connecting to Temporal the same way from every process."""
+
+import asyncio
+
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import Runtime
+
+from herald.core.config import Settings
+
+
+async def connect(
+    settings: Settings, runtime: Runtime | None = None, attempts: int = 1, delay: float = 1.0
+) -> Client:
+    """Connect, retrying `attempts` times: processes may start before the server is up."""
+    for attempt in range(attempts):
+        try:
+            return await Client.connect(
+                settings.temporal_address,
+                namespace=settings.temporal_namespace,
+                data_converter=pydantic_data_converter,
+                runtime=runtime,
+            )
+        except RuntimeError:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")

@@ -1,0 +1,84 @@
+"""What the enrollment workflow hands its local activities (pure DTOs)."""
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from herald.flows.contract import TriggerContext
+from herald.flows.graph import ProfileCondition, Step
+from models.enums import Channel
+
+# enrollment_step.reason and delivery.reason are this long: codes, never free text.
+REASON_MAX = 60
+
+
+class StepReason(StrEnum):
+    """Why a step was skipped or failed, besides the delivery policy's Skip/FailReason.
+
+    Webhook steps answered with a 3xx/4xx record `http_<status>`; the human detail of any
+    reason (the refused host, the SMTP answer, the database error) goes in the line's detail.
+    """
+
+    draft = "draft"  # the message's own status
+    flow_draft = "flow_draft"
+    flow_deleted = "flow_deleted"
+    manual_review = "manual_review"
+    rejected = "rejected"
+    profile_deleted = "profile_deleted"
+    list_deleted = "list_deleted"
+    unsafe_url = "unsafe_url"
+    smtp_rejected = "smtp_rejected"
+    # Retried for the step's whole time budget (24 h) without an answer that ended it.
+    webhook_gave_up = "webhook_gave_up"
+    # A permanent error (herald/core/activity_errors.py): the step failed, the walk goes on.
+    error = "error"
+
+
+class StepRecord(BaseModel):
+    """One timeline line; `at` is workflow time, so replays and retries write the same row."""
+
+    step_id: str
+    step_type: str
+    outcome: str  # entered | processed | skipped | held | queued | exited | failed
+    reason: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)
+    at: datetime
+
+
+class CloseRequest(BaseModel):
+    workflow_id: str
+    status: str  # running (a flush) | completed | exited | cancelled
+    exit_reason: str | None = None
+    step_id: str | None = None
+    at: datetime
+    records: list[StepRecord] = Field(default_factory=list)
+
+
+class ConditionRequest(BaseModel):
+    profile_id: str
+    conditions: list[ProfileCondition]
+    records: list[StepRecord] = Field(default_factory=list)
+    workflow_id: str | None = None
+
+
+class GateRequest(BaseModel):
+    workflow_id: str
+    flow_id: str
+    profile_id: str
+    step_id: str
+    channel: Channel
+    message_status: str | None
+    at: datetime
+    records: list[StepRecord] = Field(default_factory=list)
+
+
+class ActionRequest(BaseModel):
+    workflow_id: str
+    profile_id: str
+    step: Step
+    trigger: TriggerContext
+    flow_id: str
+    flow_name: str
+    records: list[StepRecord] = Field(default_factory=list)
