@@ -51,6 +51,17 @@ log = structlog.get_logger("herald.worker")
 
 # How long past the grace period cancelled activities get to return before the worker exits.
 CANCELLED_ACTIVITY_WAIT_SECONDS = 5.0
+# Every workflow type the worker runs. tests/test_replay.py replays saved histories with exactly
+# these and fails if one of them has none.
+WORKFLOWS = (
+    EventRouterWorkflow,
+    FlowEnrollmentWorkflow,
+    DateTriggerWorkflow,
+    RfmWorkflow,
+    SegmentRefreshWorkflow,
+    CampaignWorkflow,
+    CampaignPathWorkflow,
+)
 
 
 def routing_handlers(client: Client, settings: Settings) -> list[RoutingHandler]:
@@ -90,15 +101,7 @@ def build_worker(
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[
-            EventRouterWorkflow,
-            FlowEnrollmentWorkflow,
-            DateTriggerWorkflow,
-            RfmWorkflow,
-            SegmentRefreshWorkflow,
-            CampaignWorkflow,
-            CampaignPathWorkflow,
-        ],
+        workflows=WORKFLOWS,
         activities=[
             router.route_pending,
             flows.record_steps,
