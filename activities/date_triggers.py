@@ -16,11 +16,10 @@ attempt resumes there. The entry key is `date-<local date>`, so running the same
 retry, a manual trigger, the repeated hour when clocks go back) never enrols a profile twice.
 """
 
-import functools
 from dataclasses import asdict, dataclass
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import structlog
 from sqlalchemy import func, or_, select, type_coerce
@@ -32,8 +31,14 @@ from temporalio import activity
 from activities.flow_routing import Effects, FlowRoutingHandler
 from herald.core.db import session_scope
 from herald.flows.contract import TriggerContext
+from herald.flows.date_triggers import (
+    DateTriggerCounts,
+    is_due,
+    parse_date_value,
+    property_value,
+    zone_named,
+)
 from herald.flows.graph import DatePropertyTrigger
-from herald.flows.property_filters import MISSING, lookup
 from models.account import Account
 from models.flows import Flow
 from models.profile import Profile
@@ -42,85 +47,6 @@ log = structlog.get_logger("herald.date_triggers")
 
 PAGE_SIZE = 1000
 TRIGGER_TYPE = "date_property"
-
-
-@dataclass
-class DateTriggerCounts:
-    flows: int = 0  # date property flows that are live or manual
-    profiles_checked: int = 0  # profiles carrying at least one of those flows' properties
-    enrolled: int = 0  # enrollments started
-    unparseable: int = 0  # (profile, property) values that are not a date
-
-
-# ---- pure date arithmetic -----------------------------------------------------------------------
-
-
-def parse_date_value(value: Any) -> date | None:
-    """An ISO date ("1990-03-05") or ISO datetime, as the calendar date written; else None.
-
-    A datetime's date is taken as written, not converted to another timezone: a birthday stored
-    as "1990-03-05T00:00:00Z" is on March 5 wherever the profile lives.
-    """
-    if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text).date()
-    except ValueError:
-        return None
-
-
-def anniversary(original: date, year: int) -> date:
-    """The same month and day in `year`; Feb 29 is Feb 28 in years that have none."""
-    try:
-        return original.replace(year=year)
-    except ValueError:  # Feb 29 in a common year
-        return date(year, 2, 28)
-
-
-def _slot(day: date, at: time, zone: ZoneInfo) -> tuple[date, int]:
-    """The local (date, hour) in which `at` on `day` happens: later, if a DST gap skips it."""
-    wall = datetime.combine(day, time(at.hour), tzinfo=zone)
-    real = wall.astimezone(UTC).astimezone(zone)
-    return real.date(), real.hour
-
-
-def is_due(original: date, trigger: DatePropertyTrigger, local_now: datetime) -> bool:
-    """Whether `local_now` (aware, in the profile's timezone) is in the hour this date is due."""
-    zone = local_now.tzinfo
-    today = (local_now.date(), local_now.hour)
-    # An offset of up to a year either way moves the anniversary into a neighbouring year.
-    for year in (local_now.year - 1, local_now.year, local_now.year + 1):
-        if year < original.year or year < 1 or year > 9998:
-            continue
-        day = anniversary(original, year).toordinal() + trigger.offset_days
-        if not 1 <= day <= date.max.toordinal():
-            continue
-        if _slot(date.fromordinal(day), trigger.at_time, zone) == today:
-            return True
-    return False
-
-
-@functools.lru_cache(maxsize=1024)
-def _zone(name: str | None) -> ZoneInfo | None:
-    if not name:
-        return None
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        return None
-
-
-def _property_value(properties: dict[str, Any], path: str) -> Any:
-    """A key of `properties`, or a dotted path into it (a literal key with dots wins)."""
-    value = lookup(properties, path)
-    return None if value is MISSING else value
 
 
 # ---- the activity -------------------------------------------------------------------------------
@@ -153,7 +79,7 @@ class DateTriggerActivities:
         counts, after = self._resume()
         with session_scope(self.engine) as session:
             flows = self._date_flows(session)
-            account_zone = _zone(
+            account_zone = zone_named(
                 session.execute(select(Account.timezone).where(Account.id == 1)).scalar()
             ) or ZoneInfo("UTC")
         counts.flows = len(flows)
@@ -230,12 +156,12 @@ class DateTriggerActivities:
     ) -> DateTriggerCounts:
         page = DateTriggerCounts()
         for profile_id, timezone, properties in rows:
-            local_now = now.astimezone(_zone(timezone) or account_zone)
+            local_now = now.astimezone(zone_named(timezone) or account_zone)
             parsed: dict[str, date | None] = {}
             checked = False
             for item in flows:
                 name = item.trigger.property
-                raw = _property_value(properties or {}, name)
+                raw = property_value(properties or {}, name)
                 if raw is None:
                     continue
                 checked = True

@@ -10,7 +10,6 @@ from sqlalchemy import select, update
 from sqlmodel import Session
 from temporalio import activity
 
-from activities.webhooks import InternalAlertCall, WebhookCall
 from herald.core.clock import activity_now
 from herald.core.db import session_scope
 from herald.core.ids import new_id
@@ -33,6 +32,7 @@ from models.flows import EnrollmentStep, Flow, FlowEnrollment, ReviewItem
 from models.lists import ProfileList
 from models.profile import Profile
 from models.types import utcnow
+from models.webhook_dto import InternalAlertCall, WebhookCall
 
 
 def write_records(session: Session, workflow_id: str, records) -> None:

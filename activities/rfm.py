@@ -15,15 +15,13 @@ from sqlalchemy.engine import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from herald.analytics.contract import INVALID_RFM_INPUT
 from herald.analytics.rfm import run_rfm
 from herald.core.clock import activity_now
 from herald.core.db import session_scope
 from models.segments import RfmRun
 
 log = structlog.get_logger("herald.rfm")
-
-# Raised for input no retry can fix; the workflow lists it as non-retryable too.
-INVALID_RFM_INPUT = "InvalidRfmInput"
 
 
 def parse_as_of(as_of_iso: str | None) -> datetime | None:

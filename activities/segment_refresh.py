@@ -2,18 +2,12 @@
 
 from datetime import datetime
 
-from pydantic import BaseModel
 from sqlalchemy.engine import Engine
 from temporalio import activity
 
 from herald.core.db import session_scope
+from herald.segments.contract import SegmentRefreshCounts
 from herald.segments.membership import refresh_dependents
-
-
-class SegmentRefreshCounts(BaseModel):
-    segments_changed: int = 0
-    added: int = 0
-    removed: int = 0
 
 
 class SegmentRefreshActivities:

@@ -5,16 +5,16 @@ Outcomes, and what the calling workflow does with them:
 - 2xx: `WebhookResult(status="delivered")`.
 - 429, 5xx, a network error or a timeout: raises a retryable `ApplicationError` of type
   "WebhookTransient" (with `next_retry_delay` from a `Retry-After: <seconds>` header, capped
-  at one hour), so Temporal retries with backoff. Call the activity with
-  `retry_policy=WEBHOOK_RETRY_POLICY` (10 s, doubling, at most 1 h apart, unlimited attempts),
+  at one hour), so Temporal retries with backoff. Call the activity with (workflows/policies.py)
+  `retry_policy=WEBHOOK_RETRY` (10 s, doubling, at most 1 h apart, unlimited attempts),
   `schedule_to_close_timeout=WEBHOOK_SCHEDULE_TO_CLOSE` (24 h: the step gives up after a day)
   and `start_to_close_timeout=WEBHOOK_START_TO_CLOSE` (one attempt; without it an attempt
   lost with its worker would only be retried after 24 h). When the 24 h run out the workflow
   gets an `ActivityError` caused by a timeout, and records the step as skipped.
 - 3xx (redirects are never followed) and any other 4xx: `status="skipped"`,
   `reason="http_<status>"`. Not retried: the receiver said no.
-- a URL that fails `herald.url_safety.check_url`: `status="skipped"`, `reason="unsafe_url"`,
-  and what was wrong in `detail`. Not retried.
+- a URL that fails `herald.delivery.url_safety.check_url`: `status="skipped"`,
+  `reason="unsafe_url"`, and what was wrong in `detail`. Not retried.
 
 The request connects to the address that passed the URL check (see herald/delivery/url_safety.py),
 at most `webhook_max_response_bytes` of the response are read, and only its size and a short
@@ -27,13 +27,10 @@ import json
 import logging
 import ssl
 from datetime import timedelta
-from typing import Literal
 
 import httpx
 import structlog
-from pydantic import BaseModel, Field
 from temporalio import activity
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 from herald.core.config import Settings
@@ -46,17 +43,9 @@ from herald.delivery.channels import (
 from herald.delivery.url_safety import UnsafeUrl, check_url
 from herald.flows.steps import StepReason
 from models.enums import Channel
+from models.webhook_dto import InternalAlertCall, WebhookCall, WebhookResult
 
 log = structlog.get_logger("herald.webhooks")
-
-WEBHOOK_RETRY_POLICY = RetryPolicy(
-    initial_interval=timedelta(seconds=10),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(hours=1),
-)
-WEBHOOK_SCHEDULE_TO_CLOSE = timedelta(hours=24)
-# One attempt: must exceed webhook_timeout_seconds.
-WEBHOOK_START_TO_CLOSE = timedelta(minutes=1)
 
 TRANSIENT_ERROR_TYPE = "WebhookTransient"
 _MAX_RETRY_AFTER = timedelta(hours=1)
@@ -65,33 +54,6 @@ _SNIPPET_CHARS = 200
 _RESERVED_HEADERS = frozenset(
     {"host", "content-length", "transfer-encoding", "connection", "idempotency-key"}
 )
-
-
-class WebhookCall(BaseModel):
-    url: str
-    headers: dict[str, str] = Field(default_factory=dict)
-    body: str  # already rendered, JSON
-    idempotency_key: str
-    workflow_id: str
-    step_id: str
-
-
-class InternalAlertCall(BaseModel):
-    via: Literal["email", "webhook"]
-    to: str  # an email address or a URL
-    subject: str | None = None
-    body: str  # already rendered
-    idempotency_key: str
-    workflow_id: str
-    step_id: str
-
-
-class WebhookResult(BaseModel):
-    status: Literal["delivered", "skipped"]
-    http_status: int | None = None
-    reason: str | None = None  # a short code (StepReason or http_<status>)
-    detail: str | None = None  # in words, for the timeline
-    response_bytes: int = 0  # how much of the response body was read (at most the limit)
 
 
 class WebhookActivities:

@@ -12,6 +12,8 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from herald.segments.store import SegmentProblem
+
 
 class ApiError(StarletteHTTPException):
     """An error in the API's shape.
@@ -44,6 +46,12 @@ def invalid(field: str, reason: str) -> ApiError:
     return ApiError(
         422, "validation_error", f"{field}: {reason}", [{"field": field, "reason": reason}]
     )
+
+
+def segment_problem(problem: SegmentProblem) -> ApiError:
+    """A segment the store refused (invalid definition, in use): its status and every problem."""
+    code = "validation_error" if problem.status == 422 else "conflict"
+    return ApiError(problem.status, code, problem.message, problem.errors)
 
 
 def payload_too_large(limit: int) -> ApiError:

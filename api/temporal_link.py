@@ -18,6 +18,10 @@ CANCEL_REQUESTED = "cancel_requested"
 PENDING_RECONCILE = "pending_reconcile"
 
 
+# How long a call that cancels work waits for Temporal before leaving it to the reconcile.
+STOP_TIMEOUT_SECONDS = 2.0
+
+
 class TemporalLink:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -60,3 +64,10 @@ class TemporalLink:
             log.warning("workflows not cancelled, the reconcile will", workflows=failed)
             return PENDING_RECONCILE
         return CANCEL_REQUESTED
+
+
+async def stop_enrollments(link: TemporalLink, workflow_ids: list[str], reason: str) -> str:
+    """Asks the workflows of just-cancelled enrollments to stop (see herald/flows/cancellation.py).
+
+    Returns the `Herald-Temporal` header's value; never raises."""
+    return await link.stop_workflows([(w, reason) for w in workflow_ids], STOP_TIMEOUT_SECONDS)

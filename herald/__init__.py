@@ -1,1 +1,0 @@
-"""Herald's domain core: configuration, identity rules, ingestion and routing contracts."""

@@ -25,17 +25,13 @@ from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
 import worker
-from activities.date_triggers import (
-    DateTriggerActivities,
-    DateTriggerCounts,
-    is_due,
-    parse_date_value,
-)
+from activities.date_triggers import DateTriggerActivities
 from activities.flow_routing import Effects, FlowRoutingHandler, TemporalBridge
 from herald.core.config import Settings
 from herald.core.db import session_scope
 from herald.core.ids import new_id
 from herald.flows.contract import EnrollmentInput, enrollment_workflow_id
+from herald.flows.date_triggers import DateTriggerCounts, is_due, parse_date_value
 from herald.flows.graph import DatePropertyTrigger, FlowDefinition
 from herald.profiles.consent import set_consent
 from models.account import Account

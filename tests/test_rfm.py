@@ -17,8 +17,8 @@ from sqlalchemy import insert
 from temporalio.client import ScheduleOverlapPolicy, ScheduleRange, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
-from activities.rfm import INVALID_RFM_INPUT
 from herald.analytics import rfm as rfm_module
+from herald.analytics.contract import INVALID_RFM_INPUT
 from herald.analytics.rfm import CustomerOrders, rfm_group, run_rfm, score_customers, terciles
 from herald.core.config import Settings
 from herald.core.db import session_scope

@@ -25,19 +25,13 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.webhooks import (
-    WEBHOOK_RETRY_POLICY,
-    WEBHOOK_SCHEDULE_TO_CLOSE,
-    WEBHOOK_START_TO_CLOSE,
-    InternalAlertCall,
-    WebhookActivities,
-    WebhookCall,
-    WebhookResult,
-)
+from activities.webhooks import WebhookActivities
 from herald.cli.devstack import find_binary
 from herald.core.config import Settings
 from herald.delivery import url_safety
+from models.webhook_dto import InternalAlertCall, WebhookCall, WebhookResult
 from tests.conftest import free_port
+from workflows.policies import WEBHOOK_RETRY, WEBHOOK_SCHEDULE_TO_CLOSE, WEBHOOK_START_TO_CLOSE
 
 
 @dataclass
@@ -383,7 +377,7 @@ class WebhookStepWorkflow:
         return await workflow.execute_activity_method(
             WebhookActivities.call_webhook,
             request,
-            retry_policy=WEBHOOK_RETRY_POLICY,
+            retry_policy=WEBHOOK_RETRY,
             schedule_to_close_timeout=WEBHOOK_SCHEDULE_TO_CLOSE,
             start_to_close_timeout=WEBHOOK_START_TO_CLOSE,
         )

@@ -13,7 +13,8 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+
+from workflows.policies import CAMPAIGN_RETRY
 
 with workflow.unsafe.imports_passed_through():
     from herald.campaigns.contract import (
@@ -34,14 +35,9 @@ with workflow.unsafe.imports_passed_through():
     from herald.core import search_attributes as sa
 
 # Sending must outlast database or provider outages: retry with back-off, never give up.
-_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=2),
-)
 # A page takes well under a second; a short timeout means a page lost with its worker is
 # retried within half a minute (retrying is safe: rows are keyed per recipient).
-_ACTIVITY = {"start_to_close_timeout": timedelta(seconds=30), "retry_policy": _RETRY}
+_ACTIVITY = {"start_to_close_timeout": timedelta(seconds=30), "retry_policy": CAMPAIGN_RETRY}
 # ~6 history events per page: continuing well before 4k events keeps every run small.
 PAGES_PER_RUN = 400
 SIGNALS_PER_RUN = 1_000

@@ -20,12 +20,14 @@ from temporalio.client import (
     SchedulePolicy,
     ScheduleSpec,
 )
-from temporalio.common import RetryPolicy, SearchAttributeKey, TypedSearchAttributes
+from temporalio.common import SearchAttributeKey, TypedSearchAttributes
+
+from workflows.policies import SCHEDULED_JOB_RETRY
 
 with workflow.unsafe.imports_passed_through():
-    from activities.date_triggers import DateTriggerCounts
     from herald.core.config import Settings
     from herald.core.search_attributes import attributes
+    from herald.flows.date_triggers import DateTriggerCounts
 
 DATE_TRIGGER_SCHEDULE_ID = "herald-date-triggers"
 # The schedule appends the scheduled time to this ID for each run.
@@ -52,11 +54,7 @@ class DateTriggerWorkflow:
             start_to_close_timeout=timedelta(minutes=10),
             schedule_to_close_timeout=ACTIVITY_DEADLINE,
             heartbeat_timeout=timedelta(minutes=2),
-            retry_policy=RetryPolicy(
-                initial_interval=timedelta(seconds=5),
-                backoff_coefficient=2.0,
-                maximum_interval=timedelta(minutes=2),
-            ),
+            retry_policy=SCHEDULED_JOB_RETRY,
         )
 
 

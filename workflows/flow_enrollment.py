@@ -10,20 +10,18 @@ activity before each durable wait and at the end, to keep history short.
 from datetime import datetime, timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
+
+from workflows.policies import (
+    DELIVER_RETRY,
+    WEBHOOK_RETRY,
+    WEBHOOK_SCHEDULE_TO_CLOSE,
+    WEBHOOK_START_TO_CLOSE,
+)
 
 with workflow.unsafe.imports_passed_through():
     from temporalio.exceptions import is_cancelled_exception
 
-    from activities.webhooks import (
-        WEBHOOK_RETRY_POLICY,
-        WEBHOOK_SCHEDULE_TO_CLOSE,
-        WEBHOOK_START_TO_CLOSE,
-        InternalAlertCall,
-        WebhookCall,
-        WebhookResult,
-    )
     from herald.core import search_attributes as sa
     from herald.core.activity_failures import error_message, is_permanent
     from herald.flows.contract import (
@@ -60,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         StepRecord,
     )
     from models.delivery_dto import DeliveryRequest, DeliveryResult
+    from models.webhook_dto import InternalAlertCall, WebhookCall, WebhookResult
 
 SIGNAL_EVENT = "event"  # arg: metric name the profile just performed (wait-for-event steps)
 
@@ -70,12 +69,6 @@ _PATCH_CANCEL_CLOSES = "cancel-closes-enrollment"
 # raises the ApplicationError itself.
 _ACTIVITY_FAILURES = (ActivityError, ApplicationError)
 _REVIEW_RECHECK = timedelta(hours=6)
-# Sending must not give up on a provider or database outage; skips are results, not errors.
-_DELIVER_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=5),
-)
 
 
 @workflow.defn(name=WORKFLOW_TYPE)
@@ -333,7 +326,7 @@ class FlowEnrollmentWorkflow:
                     # One message: seconds at most. Short, so one lost with its worker is
                     # retried soon.
                     start_to_close_timeout=timedelta(seconds=30),
-                    retry_policy=_DELIVER_RETRY,
+                    retry_policy=DELIVER_RETRY,
                 )
             except ActivityError as error:
                 if not is_permanent(error):
@@ -440,7 +433,7 @@ class FlowEnrollmentWorkflow:
                 result_type=WebhookResult,
                 schedule_to_close_timeout=WEBHOOK_SCHEDULE_TO_CLOSE,
                 start_to_close_timeout=WEBHOOK_START_TO_CLOSE,
-                retry_policy=WEBHOOK_RETRY_POLICY,
+                retry_policy=WEBHOOK_RETRY,
             )
         except ActivityError as error:
             if is_cancelled_exception(error):

@@ -19,13 +19,14 @@ from temporalio.client import (
     SchedulePolicy,
     ScheduleSpec,
 )
-from temporalio.common import RetryPolicy, TypedSearchAttributes
+from temporalio.common import TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
 
 from workflows.date_triggers import scheduled_time
+from workflows.policies import RFM_RETRY
 
 with workflow.unsafe.imports_passed_through():
-    from activities.rfm import INVALID_RFM_INPUT
+    from herald.analytics.contract import INVALID_RFM_INPUT
     from herald.core.config import Settings
     from herald.core.search_attributes import attributes
 
@@ -36,12 +37,6 @@ RFM_CRON = "0 3 * * *"  # 03:00 UTC every day
 
 # Scoring 100k customers takes seconds; the deadlines leave room for a slow database and for
 # retries through a few hours of outage, and end well before the next day's run.
-_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=10),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=5),
-    non_retryable_error_types=[INVALID_RFM_INPUT],
-)
 ACTIVITY_DEADLINE = timedelta(hours=6)
 RUN_TIMEOUT = timedelta(hours=7)
 
@@ -67,7 +62,7 @@ class RfmWorkflow:
             result_type=dict,
             start_to_close_timeout=timedelta(minutes=30),
             schedule_to_close_timeout=ACTIVITY_DEADLINE,
-            retry_policy=_RETRY,
+            retry_policy=RFM_RETRY,
         )
 
 

@@ -4,7 +4,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+
+from workflows.policies import ROUTER_RETRY
 
 ROUTER_WORKFLOW_ID = "herald/router"
 # Each batch adds ~6 history events; continuing well before Temporal's 4k-event suggestion keeps
@@ -35,11 +36,7 @@ class EventRouterWorkflow:
                 start_to_close_timeout=timedelta(minutes=2),
                 heartbeat_timeout=timedelta(seconds=10),
                 # Routing must never give up: a database outage is retried until it ends.
-                retry_policy=RetryPolicy(
-                    initial_interval=timedelta(seconds=1),
-                    backoff_coefficient=2.0,
-                    maximum_interval=timedelta(seconds=30),
-                ),
+                retry_policy=ROUTER_RETRY,
             )
             self.state.routed_total += routed
             self.batches += 1

@@ -20,12 +20,14 @@ from temporalio.client import (
     SchedulePolicy,
     ScheduleSpec,
 )
-from temporalio.common import RetryPolicy, TypedSearchAttributes
+from temporalio.common import TypedSearchAttributes
+
+from workflows.policies import SCHEDULED_JOB_RETRY
 
 with workflow.unsafe.imports_passed_through():
-    from activities.segment_refresh import SegmentRefreshCounts
     from herald.core.config import Settings
     from herald.core.search_attributes import attributes
+    from herald.segments.contract import SegmentRefreshCounts
     from workflows.date_triggers import scheduled_time
 
 SEGMENT_REFRESH_SCHEDULE_ID = "herald-segment-refresh"
@@ -44,11 +46,7 @@ class SegmentRefreshWorkflow:
             result_type=SegmentRefreshCounts,
             start_to_close_timeout=timedelta(minutes=10),
             schedule_to_close_timeout=timedelta(minutes=13),
-            retry_policy=RetryPolicy(
-                initial_interval=timedelta(seconds=5),
-                backoff_coefficient=2.0,
-                maximum_interval=timedelta(minutes=2),
-            ),
+            retry_policy=SCHEDULED_JOB_RETRY,
         )
 
 

@@ -23,7 +23,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.deps import EngineDep, PrivateKey
 from api.errors import ApiError, invalid, not_found
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
-from api.temporal_link import TEMPORAL_HEADER, TemporalLink
+from api.temporal_link import TEMPORAL_HEADER, TemporalLink, stop_enrollments
 from herald.core.db import session_scope
 from herald.flows.cancellation import cancel_enrollments
 from herald.flows.contract import (
@@ -110,21 +110,6 @@ async def _live_state(link: TemporalLink, workflow_id: str) -> EnrollmentState |
     except Exception as exc:  # unreachable, not found, query failed: serve the DB view
         log.warning("enrollment state query failed", workflow_id=workflow_id, error=repr(exc))
         return None
-
-
-# ---- shared with the flows router ---------------------------------------------------------------
-
-
-def cancel_running(session: Session, flow_id: str, reason: str) -> list[str]:
-    """Marks every running enrollment of a flow cancelled; returns their workflow ids."""
-    return cancel_enrollments(session, reason, FlowEnrollment.__table__.c.flow_id == flow_id)
-
-
-async def stop_enrollments(link: TemporalLink, workflow_ids: list[str], reason: str) -> str:
-    """Asks the workflows of just-cancelled enrollments to stop (see herald/flows/cancellation.py).
-
-    Returns the `Herald-Temporal` header's value; never raises."""
-    return await link.stop_workflows([(w, reason) for w in workflow_ids], TEMPORAL_TIMEOUT_SECONDS)
 
 
 def _flow(session: Session, flow_id: str) -> Flow:

@@ -4,16 +4,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request, status
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 from sqlalchemy import select
 
 from api.deps import EngineDep, IngestKey, PrivateKey
-from api.errors import ApiError, field_errors, invalid
+from api.errors import ApiError, invalid
+from api.event_batches import batch_response, validate_items
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
 from herald.core.db import session_scope
 from models.events import (
     MAX_BATCH_EVENTS,
-    BatchItemResult,
     BatchResult,
     Event,
     EventAccepted,
@@ -37,51 +36,6 @@ async def create_event(body: EventIn, request: Request, _key: IngestKey) -> Even
         status="duplicate" if result.duplicate else "accepted",
         event_id=result.event_id,
         profile_id=result.profile_id,
-    )
-
-
-def validate_items(raw: list[Any], field: str, parse) -> tuple[list, list[BatchItemResult]]:
-    """Validates each item on its own: [(index, parsed)], and a rejection per bad item."""
-    valid, rejected = [], []
-    for i, item in enumerate(raw):
-        try:
-            valid.append((i, parse(item)))
-        except ValidationError as exc:
-            errors = field_errors(exc, prefix=f"{field}[{i}].")
-            rejected.append(BatchItemResult(index=i, status="rejected", errors=errors))
-        except ValueError as exc:
-            rejected.append(
-                BatchItemResult(
-                    index=i,
-                    status="rejected",
-                    errors=[{"field": f"{field}[{i}]", "reason": str(exc)}],
-                )
-            )
-    return valid, rejected
-
-
-async def batch_response(
-    request: Request, valid: list[tuple[int, EventIn]], rejected: list[BatchItemResult], source: str
-) -> BatchResult:
-    results = list(rejected)
-    if valid:
-        stored = await request.app.state.ingest.submit([e for _, e in valid], source)
-        for (i, _), r in zip(valid, stored, strict=True):
-            results.append(
-                BatchItemResult(
-                    index=i,
-                    status="duplicate" if r.duplicate else "accepted",
-                    event_id=r.event_id,
-                    profile_id=r.profile_id,
-                )
-            )
-    results.sort(key=lambda r: r.index)
-    counts = {s: sum(1 for r in results if r.status == s) for s in ("accepted", "duplicate")}
-    return BatchResult(
-        accepted=counts["accepted"],
-        duplicates=counts["duplicate"],
-        rejected=len(rejected),
-        results=results,
     )
 
 

@@ -12,9 +12,10 @@ from sqlmodel import Session
 from api.deps import EngineDep, PrivateKey
 from api.errors import ApiError, invalid, not_found
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
-from api.routers.enrollments import cancel_running, stop_enrollments
+from api.temporal_link import stop_enrollments
 from herald.core.db import session_scope
 from herald.core.ids import new_id
+from herald.flows.cancellation import cancel_enrollments
 from herald.flows.graph import FlowDefinition, ListTrigger, MetricTrigger, SegmentTrigger
 from herald.flows.validation import validate_definition
 from models.events import Metric
@@ -27,7 +28,7 @@ from models.flow_dto import (
     FlowUpdate,
     FlowVersionPublic,
 )
-from models.flows import Flow, FlowVersion
+from models.flows import Flow, FlowEnrollment, FlowVersion
 from models.lists import ProfileList
 from models.segments import Segment
 from models.types import utcnow
@@ -235,7 +236,8 @@ def _soft_delete(engine, flow_id: str) -> list[str]:
         flow = load_flow(session, flow_id, for_update=True)
         flow.deleted_at = flow.updated_at = utcnow()
         session.add(flow)
-        return cancel_running(session, flow_id, "flow_deleted")
+        running = FlowEnrollment.__table__.c.flow_id == flow_id
+        return cancel_enrollments(session, "flow_deleted", running)
 
 
 @router.delete(

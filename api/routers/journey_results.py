@@ -10,9 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlmodel import Session
 
 from api.deps import EngineDep, PrivateKey
-from api.errors import invalid, not_found
+from api.errors import invalid, not_found, segment_problem
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
-from api.routers.segments import api_error as segment_api_error
 from herald.analytics.journey import (
     JourneyQueryError,
     journey_condition,
@@ -189,7 +188,7 @@ def _save(engine, run_kind: str, run_id: str, body: SaveAsSegment) -> SegmentPub
                 now=utcnow(),
             )
         except SegmentProblem as problem:
-            raise segment_api_error(problem) from None
+            raise segment_problem(problem) from None
         return SegmentPublic.model_validate(segment.model_dump())
 
 

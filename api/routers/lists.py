@@ -8,7 +8,7 @@ from sqlmodel import Session
 from api.deps import EngineDep, PrivateKey
 from api.errors import invalid, not_found
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
-from api.routers.profiles import members_page
+from api.profile_pages import members_page
 from herald.core.db import session_scope
 from herald.core.ids import new_id
 from herald.profiles.lists import UnknownProfiles, add_members, member_counts, remove_members

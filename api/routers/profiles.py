@@ -4,7 +4,7 @@ from collections.abc import Callable
 from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Query, Request, Response, status
-from sqlalchemy import Select, exists, select
+from sqlalchemy import exists, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
@@ -13,10 +13,11 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import EngineDep, PrivateKey
 from api.errors import ApiError, invalid, not_found
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
-from api.temporal_link import TEMPORAL_HEADER, TemporalLink
+from api.profile_pages import public
+from api.temporal_link import STOP_TIMEOUT_SECONDS, TEMPORAL_HEADER, TemporalLink
 from herald.core.db import session_scope
 from herald.profiles.changes import announce_profile_changes
-from herald.profiles.consent import MissingAddress, consent_map, set_consent
+from herald.profiles.consent import MissingAddress, set_consent
 from herald.profiles.normalize import normalize_email, normalize_phone
 from herald.profiles.resolution import (
     IDENTIFIERS,
@@ -43,29 +44,6 @@ from models.types import utcnow
 router = APIRouter(prefix="/v1/profiles", tags=["profiles"])
 
 T = TypeVar("T")
-# How long deleting a profile waits for Temporal before leaving its workflows to the reconcile.
-_TEMPORAL_TIMEOUT_SECONDS = 2.0
-
-
-def public(session: Session, profile: Profile) -> ProfilePublic:
-    return ProfilePublic.model_validate(
-        {**profile.model_dump(), "consent": consent_map(session, profile.id)}
-    )
-
-
-def members_page(
-    session: Session, members: Select, limit: int, cursor: str | None
-) -> Page[ProfilePublic]:
-    """A page of the profiles `members` selects (a select of Profile), in profile id order."""
-    stmt = members.order_by(Profile.id).limit(limit + 1)
-    if (after := decode_cursor(cursor)) is not None:
-        stmt = stmt.where(Profile.id > after)
-    rows = list(session.scalars(stmt))
-    page = rows[:limit]
-    return Page[ProfilePublic](
-        data=[public(session, p) for p in page],
-        next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None,
-    )
 
 
 def load(session: Session, profile_id: str) -> Profile:
@@ -213,7 +191,7 @@ async def delete_profile(
     cancelled = await run_in_threadpool(_delete, engine, profile_id)
     link: TemporalLink = request.app.state.temporal
     told = await link.stop_workflows(
-        [(w, "profile_deleted") for w in cancelled], _TEMPORAL_TIMEOUT_SECONDS
+        [(w, "profile_deleted") for w in cancelled], STOP_TIMEOUT_SECONDS
     )
     return Response(status_code=status.HTTP_204_NO_CONTENT, headers={TEMPORAL_HEADER: told})
 

@@ -8,9 +8,9 @@ from sqlalchemy import select
 from sqlmodel import Session
 
 from api.deps import EngineDep, PrivateKey
-from api.errors import ApiError, invalid, not_found
+from api.errors import invalid, not_found, segment_problem
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
-from api.routers.profiles import members_page
+from api.profile_pages import members_page
 from herald.core.db import session_scope
 from herald.segments.store import (
     SegmentProblem,
@@ -46,17 +46,12 @@ def _public(row: Segment) -> SegmentPublic:
     return SegmentPublic.model_validate(row.model_dump())
 
 
-def api_error(problem: SegmentProblem) -> ApiError:
-    code = "validation_error" if problem.status == 422 else "conflict"
-    return ApiError(problem.status, code, problem.message, problem.errors)
-
-
 @contextmanager
 def _as_api_errors() -> Iterator[None]:
     try:
         yield
     except SegmentProblem as problem:
-        raise api_error(problem) from None
+        raise segment_problem(problem) from None
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Create a draft segment")

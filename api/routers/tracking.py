@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import EngineDep, IngestKey
 from api.errors import ApiError, invalid
-from api.routers.events import batch_response, validate_items
+from api.event_batches import batch_response, validate_items
 from herald.ingest.identify_calls import identify
 from herald.ingest.tracking_calls import identify_to_profile, track_to_event
 from models.events import MAX_BATCH_EVENTS
