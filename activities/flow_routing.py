@@ -46,7 +46,9 @@ from herald.core.search_attributes import attributes
 from herald.core.sql import insert_ignoring_conflicts
 from herald.flows.conditions import profile_matches
 from herald.flows.contract import (
+    SIGNAL_EVENT,
     SIGNAL_EXIT,
+    WORKFLOW_TYPE,
     EnrollmentInput,
     TriggerContext,
     enrollment_workflow_id,
@@ -138,7 +140,7 @@ class TemporalBridge:
         # WorkflowAlreadyStartedError: a retried batch, and this enrollment already ran.
         with contextlib.suppress(WorkflowAlreadyStartedError):
             await self.client.start_workflow(
-                "FlowEnrollment",
+                WORKFLOW_TYPE,
                 params,
                 id=workflow_id,
                 task_queue=self.task_queue,
@@ -300,7 +302,7 @@ class FlowRoutingHandler:
         for workflow_id, flow_id, version in running:
             steps = self.definition(session, flow_id, version).steps
             if any(isinstance(s, WaitForEvent) and s.metric == item.metric for s in steps):
-                effects.signals.append((workflow_id, "event", item.metric))
+                effects.signals.append((workflow_id, SIGNAL_EVENT, item.metric))
 
     # ---- triggers ------------------------------------------------------------------------------
 

@@ -43,10 +43,10 @@ from tests.test_flow_scenarios import chain, email
 from workflows.date_triggers import (
     DATE_TRIGGER_SCHEDULE_ID,
     DATE_TRIGGER_WORKFLOW_ID,
-    SCHEDULED_START_TIME,
     DateTriggerWorkflow,
     ensure_date_trigger_schedule,
 )
+from workflows.schedules import SCHEDULED_START_TIME
 
 AMSTERDAM = "Europe/Amsterdam"
 NEW_YORK = "America/New_York"

@@ -28,8 +28,8 @@ from models.events import Event
 from models.profile import Profile
 from models.types import utcnow
 from worker import build_worker
-from workflows.date_triggers import SCHEDULED_START_TIME
 from workflows.rfm import RFM_SCHEDULE_ID, RFM_WORKFLOW_ID, RfmWorkflow, ensure_rfm_schedule
+from workflows.schedules import SCHEDULED_START_TIME
 
 AS_OF = datetime(2025, 6, 1, 3, 0, tzinfo=UTC)
 SECOND_DAY = AS_OF + timedelta(days=1)

@@ -7,35 +7,27 @@ starts late (a busy worker, a catch-up after the server was down) still checks t
 meant for.
 """
 
-import contextlib
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.client import (
     Client,
-    Schedule,
-    ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleSpec,
 )
-from temporalio.common import SearchAttributeKey, TypedSearchAttributes
 
 from workflows.policies import SCHEDULED_JOB_RETRY
+from workflows.schedules import ensure_schedule, scheduled_time
 
 with workflow.unsafe.imports_passed_through():
     from herald.core.config import Settings
-    from herald.core.search_attributes import attributes
     from herald.flows.date_triggers import DateTriggerCounts
 
 DATE_TRIGGER_SCHEDULE_ID = "herald-date-triggers"
 # The schedule appends the scheduled time to this ID for each run.
 DATE_TRIGGER_WORKFLOW_ID = "herald/date-triggers"
 DATE_TRIGGER_CRON = "0 * * * *"  # minute 0 of every hour, UTC
-
-# Set by the server on every workflow a schedule starts.
-SCHEDULED_START_TIME = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
 
 # A run gives up before the next hour's run is due, so one stuck hour never blocks the next
 # (the overlap policy skips a run while the previous one is still open).
@@ -58,11 +50,6 @@ class DateTriggerWorkflow:
         )
 
 
-def scheduled_time() -> datetime:
-    """The time the schedule fired for (a manual trigger: when it was triggered), else now."""
-    return workflow.info().typed_search_attributes.get(SCHEDULED_START_TIME) or workflow.now()
-
-
 async def ensure_date_trigger_schedule(
     client: Client, settings: Settings, schedule_id: str = DATE_TRIGGER_SCHEDULE_ID
 ) -> None:
@@ -70,22 +57,16 @@ async def ensure_date_trigger_schedule(
 
     An existing schedule is left as it is (an operator may have paused it).
     """
-    schedule = Schedule(
-        action=ScheduleActionStartWorkflow(
-            DateTriggerWorkflow.run,
-            id=DATE_TRIGGER_WORKFLOW_ID,
-            task_queue=settings.task_queue,
-            execution_timeout=RUN_TIMEOUT,
-            typed_search_attributes=(
-                attributes(kind="date_triggers")
-                if settings.search_attributes
-                else TypedSearchAttributes.empty
-            ),
-        ),
+    await ensure_schedule(
+        client,
+        settings,
+        schedule_id,
+        DateTriggerWorkflow.run,
+        workflow_id=DATE_TRIGGER_WORKFLOW_ID,
+        kind="date_triggers",
+        execution_timeout=RUN_TIMEOUT,
         spec=ScheduleSpec(cron_expressions=[DATE_TRIGGER_CRON]),
         policy=SchedulePolicy(
             overlap=ScheduleOverlapPolicy.SKIP, catchup_window=timedelta(hours=1)
         ),
     )
-    with contextlib.suppress(ScheduleAlreadyRunningError):
-        await client.create_schedule(schedule_id, schedule)

@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
     from herald.flows.contract import (
         QUERY_STATE,
         SIGNAL_APPROVE,
+        SIGNAL_EVENT,
         SIGNAL_EXIT,
         SIGNAL_REJECT,
         WORKFLOW_TYPE,
@@ -60,8 +61,6 @@ with workflow.unsafe.imports_passed_through():
     from models.delivery_dto import DeliveryRequest, DeliveryResult
     from models.webhook_dto import InternalAlertCall, WebhookCall, WebhookResult
 
-SIGNAL_EVENT = "event"  # arg: metric name the profile just performed (wait-for-event steps)
-
 _LOCAL = {"start_to_close_timeout": timedelta(seconds=30)}
 # Runs cancelled before this patch simply ended; since, a cancelled run closes its enrollment.
 _PATCH_CANCEL_CLOSES = "cancel-closes-enrollment"
@@ -73,8 +72,10 @@ _REVIEW_RECHECK = timedelta(hours=6)
 
 @workflow.defn(name=WORKFLOW_TYPE)
 class FlowEnrollmentWorkflow:
-    def __init__(self) -> None:
-        self.input: EnrollmentInput | None = None
+    @workflow.init
+    def __init__(self, params: EnrollmentInput) -> None:
+        # Taken here, not in run(): a query answered before the first step sees the input too.
+        self.input = params
         self.exit_reason: str | None = None
         self.decisions: dict[str, str] = {}
         self.metrics_seen: set[str] = set()
@@ -106,7 +107,6 @@ class FlowEnrollmentWorkflow:
 
     @workflow.query(name=QUERY_STATE)
     def state(self) -> EnrollmentState:
-        assert self.input is not None
         return EnrollmentState(
             flow_id=self.input.flow_id,
             version=self.input.version,
@@ -123,7 +123,6 @@ class FlowEnrollmentWorkflow:
 
     @workflow.run
     async def run(self, params: EnrollmentInput) -> EnrollmentState:
-        self.input = params
         try:
             return await self._walk(params)
         except BaseException as error:
@@ -183,57 +182,71 @@ class FlowEnrollmentWorkflow:
             await workflow.execute_local_activity("close_enrollment", request, **_LOCAL)
 
     async def _run_step(self, step) -> str | None:
-        if isinstance(step, TimeDelay):
-            tz = self.input.timezone
-            if await self._sleep_until(wake_time(workflow.now(), step, tz), "timer"):
+        """Runs one step; returns the next step's id, or None when the walk ends here."""
+        match step:
+            case TimeDelay():
+                return await self._time_delay(step)
+            case WaitForEvent():
+                return await self._wait_for_event(step)
+            case Message():
+                await self._message(step)
+                return step.next
+            case ConditionalSplit():
+                return await self._conditional_split(step)
+            case TriggerSplit():
+                return self._trigger_split(step)
+            case RandomSplit():
+                return self._random_split(step)
+            case UpdateProfile() | ListAction():
+                await self._action(step, "apply_profile_action")
+                return step.next
+            case WebhookStep() | InternalAlert():
+                await self._webhook(step)
+                return step.next
+            case ExitStep():
+                self._record(step.id, step.type, "processed")
+                self.exit_reason = self.exit_reason or "exit_step"
                 return None
-            self._record(step.id, step.type, "processed")
-            return step.next
-        if isinstance(step, WaitForEvent):
-            return await self._wait_for_event(step)
-        if isinstance(step, Message):
-            await self._message(step)
-            return step.next
-        if isinstance(step, ConditionalSplit):
-            holds = await self._local(
-                step,
-                "evaluate_conditions",
-                ConditionRequest(
-                    profile_id=self.input.profile_id,
-                    conditions=step.conditions,
-                    records=self._take_records(),
-                ),
-                bool,
-            )
-            if holds is _FAILED:  # no branch can be chosen: the enrollment ends, failed
-                self.exit_reason = self.exit_reason or _FAILED_EXIT
-                return None
-            self._record(step.id, step.type, "processed", detail={"branch": _yes_no(holds)})
-            return step.yes if holds else step.no
-        if isinstance(step, TriggerSplit):
-            trigger = self.input.trigger
-            holds = event_matches(trigger.properties, trigger.value, step.conditions)
-            self._record(step.id, step.type, "processed", detail={"branch": _yes_no(holds)})
-            return step.yes if holds else step.no
-        if isinstance(step, RandomSplit):
-            # workflow.random() is replay-safe: the branch is fixed for this enrollment.
-            pick = workflow.random().uniform(0, sum(b.weight for b in step.branches))
-            for index, branch in enumerate(step.branches):
-                pick -= branch.weight
-                if pick < 0 or index == len(step.branches) - 1:
-                    self._record(step.id, step.type, "processed", detail={"branch": index})
-                    return branch.next
-        if isinstance(step, UpdateProfile | ListAction):
-            await self._action(step, "apply_profile_action")
-            return step.next
-        if isinstance(step, WebhookStep | InternalAlert):
-            await self._webhook(step)
-            return step.next
-        if isinstance(step, ExitStep):
-            self._record(step.id, step.type, "processed")
-            self.exit_reason = self.exit_reason or "exit_step"
-            return None
         raise AssertionError(f"unknown step type {step!r}")
+
+    async def _time_delay(self, step: TimeDelay) -> str | None:
+        if await self._sleep_until(wake_time(workflow.now(), step, self.input.timezone), "timer"):
+            return None
+        self._record(step.id, step.type, "processed")
+        return step.next
+
+    async def _conditional_split(self, step: ConditionalSplit) -> str | None:
+        holds = await self._local(
+            step,
+            "evaluate_conditions",
+            ConditionRequest(
+                profile_id=self.input.profile_id,
+                conditions=step.conditions,
+                records=self._take_records(),
+            ),
+            bool,
+        )
+        if holds is _FAILED:  # no branch can be chosen: the enrollment ends, failed
+            self.exit_reason = self.exit_reason or _FAILED_EXIT
+            return None
+        self._record(step.id, step.type, "processed", detail={"branch": _yes_no(holds)})
+        return step.yes if holds else step.no
+
+    def _trigger_split(self, step: TriggerSplit) -> str | None:
+        trigger = self.input.trigger
+        holds = event_matches(trigger.properties, trigger.value, step.conditions)
+        self._record(step.id, step.type, "processed", detail={"branch": _yes_no(holds)})
+        return step.yes if holds else step.no
+
+    def _random_split(self, step: RandomSplit) -> str | None:
+        # workflow.random() is replay-safe: the branch is fixed for this enrollment.
+        pick = workflow.random().uniform(0, sum(b.weight for b in step.branches))
+        for index, branch in enumerate(step.branches):
+            pick -= branch.weight
+            if pick < 0 or index == len(step.branches) - 1:
+                self._record(step.id, step.type, "processed", detail={"branch": index})
+                return branch.next
+        raise AssertionError("a random split has at least one branch")
 
     async def _sleep_until(self, until: datetime, waiting_for: str) -> bool:
         """Sleeps until `until`; True when the enrollment exited meanwhile."""

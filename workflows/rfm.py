@@ -5,30 +5,24 @@ is still going. Each run scores as of the time it was scheduled for (a manual st
 own `as_of`), so a late or retried run still measures the day it was meant for.
 """
 
-import contextlib
 from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
 from temporalio.client import (
     Client,
-    Schedule,
-    ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleSpec,
 )
-from temporalio.common import TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
 
-from workflows.date_triggers import scheduled_time
 from workflows.policies import RFM_RETRY
+from workflows.schedules import ensure_schedule, scheduled_time
 
 with workflow.unsafe.imports_passed_through():
     from herald.analytics.contract import INVALID_RFM_INPUT
     from herald.core.config import Settings
-    from herald.core.search_attributes import attributes
 
 RFM_SCHEDULE_ID = "herald-rfm"
 # The schedule appends the scheduled time to this ID for each run.
@@ -73,23 +67,17 @@ async def ensure_rfm_schedule(
 
     An existing schedule is left as it is (an operator may have paused or moved it).
     """
-    schedule = Schedule(
-        action=ScheduleActionStartWorkflow(
-            RfmWorkflow.run,
-            id=RFM_WORKFLOW_ID,
-            task_queue=settings.task_queue,
-            execution_timeout=RUN_TIMEOUT,
-            typed_search_attributes=(
-                attributes(kind="rfm")
-                if settings.search_attributes
-                else TypedSearchAttributes.empty
-            ),
-        ),
+    await ensure_schedule(
+        client,
+        settings,
+        schedule_id,
+        RfmWorkflow.run,
+        workflow_id=RFM_WORKFLOW_ID,
+        kind="rfm",
+        execution_timeout=RUN_TIMEOUT,
         spec=ScheduleSpec(cron_expressions=[RFM_CRON]),
         # A server that was down at 03:00 still runs that day's analysis when it is back.
         policy=SchedulePolicy(
             overlap=ScheduleOverlapPolicy.SKIP, catchup_window=timedelta(hours=12)
         ),
     )
-    with contextlib.suppress(ScheduleAlreadyRunningError):
-        await client.create_schedule(schedule_id, schedule)

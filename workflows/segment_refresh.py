@@ -6,29 +6,23 @@ and journey results (deliveries and exits are not routed events) are recomputed 
 date-trigger run, it evaluates at the time the schedule fired for, not the wall clock.
 """
 
-import contextlib
 from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.client import (
     Client,
-    Schedule,
-    ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
     ScheduleIntervalSpec,
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleSpec,
 )
-from temporalio.common import TypedSearchAttributes
 
 from workflows.policies import SCHEDULED_JOB_RETRY
+from workflows.schedules import ensure_schedule, scheduled_time
 
 with workflow.unsafe.imports_passed_through():
     from herald.core.config import Settings
-    from herald.core.search_attributes import attributes
     from herald.segments.contract import SegmentRefreshCounts
-    from workflows.date_triggers import scheduled_time
 
 SEGMENT_REFRESH_SCHEDULE_ID = "herald-segment-refresh"
 SEGMENT_REFRESH_WORKFLOW_ID = "herald/segment-refresh"
@@ -54,21 +48,15 @@ async def ensure_segment_refresh_schedule(
     client: Client, settings: Settings, schedule_id: str = SEGMENT_REFRESH_SCHEDULE_ID
 ) -> None:
     """Create the schedule once; an existing one is left as it is (an operator may pause it)."""
-    schedule = Schedule(
-        action=ScheduleActionStartWorkflow(
-            SegmentRefreshWorkflow.run,
-            id=SEGMENT_REFRESH_WORKFLOW_ID,
-            task_queue=settings.task_queue,
-            execution_timeout=RUN_TIMEOUT,
-            typed_search_attributes=(
-                attributes(kind="segment_refresh")
-                if settings.search_attributes
-                else TypedSearchAttributes.empty
-            ),
-        ),
+    await ensure_schedule(
+        client,
+        settings,
+        schedule_id,
+        SegmentRefreshWorkflow.run,
+        workflow_id=SEGMENT_REFRESH_WORKFLOW_ID,
+        kind="segment_refresh",
+        execution_timeout=RUN_TIMEOUT,
         spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=SEGMENT_REFRESH_EVERY)]),
         # A missed run is not caught up: the next one recomputes everything anyway.
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
     )
-    with contextlib.suppress(ScheduleAlreadyRunningError):
-        await client.create_schedule(schedule_id, schedule)

@@ -11,6 +11,7 @@ WORKFLOW_TYPE = "FlowEnrollment"
 SIGNAL_EXIT = "exit"  # arg: reason (converted | operator | filter | flow_deleted ...)
 SIGNAL_APPROVE = "approve"  # arg: step id of a message waiting in the review queue
 SIGNAL_REJECT = "reject"  # arg: step id
+SIGNAL_EVENT = "event"  # arg: metric the profile just performed (wait-for-event steps)
 QUERY_STATE = "state"
 
 
