@@ -94,9 +94,11 @@ from herald.delivery.policy import (
     DAY,
     QUIET_HOURS_CHANNELS,
     WEEK,
+    Facts,
     FailReason,
-    SkipReason,
+    QuietHours,
     cap_reached,
+    decide,
     parse_clock,
     quiet_hours_end,
     recently_messaged,
@@ -233,6 +235,45 @@ class _Page:
             self.skipped[str(reason)] += 1
 
 
+class _PageFacts:
+    """The delivery facts of page rows: the page query's columns (exit, consent, recent sends)
+    plus the account's settings, for herald/delivery/policy.py `decide`."""
+
+    def __init__(
+        self, message: MessageSnapshot, account: Account, fallback_zone: str, now: datetime
+    ) -> None:
+        self.channel, self.account, self.fallback_zone, self.now = (
+            message.channel,
+            account,
+            fallback_zone,
+            now,
+        )
+        self.window = CampaignActivities._smart_window(message, account)
+        self.caps = account.frequency_caps.get(message.channel)
+        self.quiet = message.channel in QUIET_HOURS_CHANNELS
+        self.quiet_start = parse_clock(account.quiet_hours_start)
+        self.quiet_end = parse_clock(account.quiet_hours_end)
+        self._zones: dict[str, ZoneInfo] = {}
+
+    def of(self, row) -> Facts:
+        return Facts(
+            exited=bool(row.exited or row.converted),
+            channel_enabled=self.channel in self.account.enabled_channels,
+            has_address=bool(address_for(row, self.channel)),
+            subscribed=row.consent == ConsentStatus.subscribed,
+            recently_messaged=self.window is not None
+            and recently_messaged(row.last_sent_at, self.now, self.window),
+            cap_reached=bool(self.caps)
+            and cap_reached(self.caps, row.sent_day or 0, row.sent_week or 0),
+            quiet_hours_end=self._quiet_hours_end(row) if self.quiet else None,
+        )
+
+    def _quiet_hours_end(self, row) -> datetime | None:
+        name = effective_zone(row.timezone, self.fallback_zone)
+        zone = self._zones.get(name) or self._zones.setdefault(name, ZoneInfo(name))
+        return quiet_hours_end(self.now, zone, self.quiet_start, self.quiet_end)
+
+
 class CampaignActivities:
     """The campaign sending activities; the worker wires the engine, settings and providers."""
 
@@ -344,47 +385,27 @@ class CampaignActivities:
         new_exits: list[str] = []
         deliveries: list[dict[str, Any]] = []
 
-        def skip(row, reason: str) -> None:
-            deliveries.append(self._row(req, message, row.id, "skipped", reason, now))
-
+        facts = _PageFacts(message, account, fallback, now)
         for row in rows:
             if row.prior_status is not None:
                 # This page's earlier attempt recorded it: report that outcome, send nothing.
                 page.count(row.prior_status, row.prior_reason)
-            elif row.exited or row.converted:
-                if row.converted and not row.exited:
-                    new_exits.append(row.id)
-                skip(row, SkipReason.exited)
-            elif channel not in account.enabled_channels:
-                skip(row, SkipReason.channel_disabled)
-            elif not address_for(row, channel):
-                skip(row, SkipReason.missing_address)
-            elif row.consent != ConsentStatus.subscribed:
-                skip(row, SkipReason.no_consent)
-            else:
+                continue
+            decision = decide(facts.of(row), QuietHours.skip)
+            if decision.skip is None:
                 candidates.append(row)
+                continue
+            if row.converted and not row.exited:
+                new_exits.append(row.id)
+            deliveries.append(self._row(req, message, row.id, "skipped", decision.skip, now))
 
         if new_exits and campaign.started_at is not None:
             self._record_exits(session, campaign_id, req, campaign.started_at, new_exits)
-        candidates = self._smart_sending(req, message, account, candidates, skip)
-        candidates = self._caps(message, account, candidates, skip)
 
         outgoing: list[tuple[dict[str, Any], str]] = []  # (delivery row, body)
-        quiet = channel in QUIET_HOURS_CHANNELS
-        quiet_start, quiet_end = (
-            parse_clock(account.quiet_hours_start),
-            parse_clock(account.quiet_hours_end),
-        )
-        zones: dict[str, ZoneInfo] = {}
         context = {"campaign": {"id": campaign_id, "name": settings.name}}
         content = message.content
         for row in candidates:
-            if quiet:
-                zone_name = effective_zone(row.timezone, fallback)
-                zone = zones.get(zone_name) or zones.setdefault(zone_name, ZoneInfo(zone_name))
-                if quiet_hours_end(now, zone, quiet_start, quiet_end) is not None:
-                    skip(row, SkipReason.quiet_hours)
-                    continue
             variables = template_variables(row._mapping, context)
             try:
                 subject = render(content.subject, variables) if content.subject else None
@@ -542,30 +563,6 @@ class CampaignActivities:
             )
         if first:
             session.execute(insert_ignoring_conflicts(session, _exit), list(first.values()))
-
-    def _smart_sending(self, req, message, account, candidates, skip) -> list:
-        window = self._smart_window(message, account)
-        if window is None:
-            return candidates
-        kept = []
-        for row in candidates:
-            if recently_messaged(row.last_sent_at, req.now, window):
-                skip(row, SkipReason.smart_sending)
-            else:
-                kept.append(row)
-        return kept
-
-    def _caps(self, message, account, candidates, skip) -> list:
-        caps = account.frequency_caps.get(message.channel)
-        if not caps:
-            return candidates
-        kept = []
-        for row in candidates:
-            if cap_reached(caps, row.sent_day or 0, row.sent_week or 0):
-                skip(row, SkipReason.capped)
-            else:
-                kept.append(row)
-        return kept
 
     @staticmethod
     def _smart_window(message: MessageSnapshot, account: Account) -> timedelta | None:

@@ -8,6 +8,7 @@ attempt's outcome, so a message is sent at most once.
 
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from functools import cached_property
 
 import structlog
 from sqlalchemy import case, func, select
@@ -33,8 +34,9 @@ from herald.delivery.policy import (
     QUIET_HOURS_CHANNELS,
     WEEK,
     FailReason,
-    SkipReason,
+    QuietHours,
     cap_reached,
+    decide,
     parse_clock,
     quiet_hours_end,
     recently_messaged,
@@ -145,20 +147,13 @@ class DeliveryActivities:
                 return recorded
             account = session.get(Account, 1) or Account()
             profile = session.get(Profile, request.profile_id)
-            reason = skip_reason(session, request, account, profile, now)
-            if reason is not None:
-                return record(session, request, now, "skipped", reason)
-            assert profile is not None  # skip_reason reports a missing profile
-            if request.channel in QUIET_HOURS_CHANNELS:
-                hold_until = quiet_hours_end(
-                    now,
-                    zone_or(profile.timezone, account.timezone),
-                    parse_clock(account.quiet_hours_start),
-                    parse_clock(account.quiet_hours_end),
-                )
-                if hold_until is not None:
-                    # Nothing recorded: the workflow sleeps and asks again with the same key.
-                    return DeliveryResult(status="held", hold_until=hold_until)
+            decision = decide(FlowFacts(session, request, account, profile, now), QuietHours.hold)
+            if decision.skip is not None:
+                return record(session, request, now, "skipped", decision.skip)
+            if decision.hold_until is not None:
+                # Nothing recorded: the workflow sleeps and asks again with the same key.
+                return DeliveryResult(status="held", hold_until=decision.hold_until)
+            assert profile is not None  # decide() skips a deleted profile
             return self._send(session, request, profile, now)
 
     def _send(
@@ -181,7 +176,7 @@ class DeliveryActivities:
         address = address_for(profile, request.channel)
         # Push fans out to every token in the provider; the row names the first.
         to_address = address[0] if isinstance(address, list) else address
-        assert to_address  # skip_reason reports a missing address
+        assert to_address  # decide() skips a missing address
         delivery = Delivery(
             id=new_id("dl"),
             idempotency_key=request.idempotency_key,
@@ -240,44 +235,94 @@ class DeliveryActivities:
         return result_of(delivery)
 
 
-def skip_reason(
-    session: Session,
-    request: DeliveryRequest,
-    account: Account,
-    profile: Profile | None,
-    now: datetime,
-) -> SkipReason | None:
-    """The first rule that blocks this message, in the order operators read them, or None."""
-    channel = request.channel
-    if request.run_kind == "flow":
-        assert request.workflow_id is not None
-        if flow_exited(session, request.workflow_id):
-            return SkipReason.exited
-    elif campaign_exited(session, request):
-        return SkipReason.exited
-    if channel not in account.enabled_channels:
-        return SkipReason.channel_disabled
-    if profile is None:
-        return SkipReason.profile_deleted
-    if not address_for(profile, channel):
-        return SkipReason.missing_address
-    consent = session.get(Consent, (profile.id, channel))
-    if consent is None or consent.status != ConsentStatus.subscribed:
-        return SkipReason.no_consent
-    if request.filters and not profile_matches(session, profile.id, request.filters, now):
-        return SkipReason.filter
-    if request.segment_id and not is_member(session, request.segment_id, profile.id, now):
-        return SkipReason.segment
-    if request.smart_sending:
-        window = smart_sending_window(channel, account.smart_sending_hours)
-        if recently_messaged(last_sent_at(session, profile.id, channel, now - window), now, window):
-            return SkipReason.smart_sending
-    caps = account.frequency_caps.get(channel)
-    if caps and not request.transactional:
-        sent_day, sent_week = sends_in_last_day_and_week(session, profile.id, channel, now)
-        if cap_reached(caps, sent_day, sent_week):
-            return SkipReason.capped
-    return None
+class FlowFacts:
+    """The facts of one message as the deliver activity finds them, each read when `decide`
+    first asks for it: a message skipped for consent runs no filter or history query."""
+
+    def __init__(
+        self,
+        session: Session,
+        request: DeliveryRequest,
+        account: Account,
+        profile: Profile | None,
+        now: datetime,
+    ) -> None:
+        self.session, self.request, self.account, self.profile, self.now = (
+            session,
+            request,
+            account,
+            profile,
+            now,
+        )
+
+    @cached_property
+    def exited(self) -> bool:
+        if self.request.run_kind == "flow":
+            assert self.request.workflow_id is not None
+            return flow_exited(self.session, self.request.workflow_id)
+        return campaign_exited(self.session, self.request)
+
+    @cached_property
+    def channel_enabled(self) -> bool:
+        return self.request.channel in self.account.enabled_channels
+
+    @cached_property
+    def profile_exists(self) -> bool:
+        return self.profile is not None
+
+    @property
+    def _profile(self) -> Profile:
+        assert self.profile is not None  # decide() reads profile_exists first
+        return self.profile
+
+    @cached_property
+    def has_address(self) -> bool:
+        return bool(address_for(self._profile, self.request.channel))
+
+    @cached_property
+    def subscribed(self) -> bool:
+        consent = self.session.get(Consent, (self._profile.id, self.request.channel))
+        return consent is not None and consent.status == ConsentStatus.subscribed
+
+    @cached_property
+    def passes_filters(self) -> bool:
+        filters = self.request.filters
+        return not filters or profile_matches(self.session, self._profile.id, filters, self.now)
+
+    @cached_property
+    def in_segment(self) -> bool:
+        segment_id = self.request.segment_id
+        return not segment_id or is_member(self.session, segment_id, self._profile.id, self.now)
+
+    @cached_property
+    def recently_messaged(self) -> bool:
+        if not self.request.smart_sending:
+            return False
+        channel = self.request.channel
+        window = smart_sending_window(channel, self.account.smart_sending_hours)
+        last = last_sent_at(self.session, self._profile.id, channel, self.now - window)
+        return recently_messaged(last, self.now, window)
+
+    @cached_property
+    def cap_reached(self) -> bool:
+        caps = self.account.frequency_caps.get(self.request.channel)
+        if not caps or self.request.transactional:
+            return False
+        day, week = sends_in_last_day_and_week(
+            self.session, self._profile.id, self.request.channel, self.now
+        )
+        return cap_reached(caps, day, week)
+
+    @cached_property
+    def quiet_hours_end(self) -> datetime | None:
+        if self.request.channel not in QUIET_HOURS_CHANNELS:
+            return None
+        return quiet_hours_end(
+            self.now,
+            zone_or(self._profile.timezone, self.account.timezone),
+            parse_clock(self.account.quiet_hours_start),
+            parse_clock(self.account.quiet_hours_end),
+        )
 
 
 def last_sent_at(

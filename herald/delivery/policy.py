@@ -1,11 +1,16 @@
-"""The delivery policy shared by flows and campaigns: smart sending, frequency caps, quiet hours.
+"""The delivery policy shared by flows and campaigns: one decision over the facts of a message.
 
-Pure arithmetic over timestamps and counts (the deliver activity does the queries), so each rule
-has one implementation and can be tested on its own.
+`decide` reads the facts of one (profile, message) in the order operators read the rules and
+returns the first that blocks it, a hold, or a send. The flow `deliver` activity gathers the facts
+with its own queries (lazily: a rule that already blocked spares the queries behind it), the
+campaign page sender with set-based SQL for a whole page; both call `decide`, so a rule cannot
+exist on one path only. The helpers below are the pure arithmetic behind single facts.
 """
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from enum import StrEnum
+from typing import Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from models.enums import Channel
@@ -30,6 +35,95 @@ class SkipReason(StrEnum):
     capped = "capped"
     # Campaigns only: a flow holds an SMS until quiet hours end; a campaign wave skips it.
     quiet_hours = "quiet_hours"
+
+
+class QuietHours(StrEnum):
+    """What a text inside quiet hours does: a flow waits for the window's end, a campaign wave
+    (sent at a chosen time for everyone in it) skips the profile."""
+
+    hold = "hold"
+    skip = "skip"
+
+
+class DeliveryFacts(Protocol):
+    """What `decide` reads about one (profile, message), in this order."""
+
+    @property
+    def exited(self) -> bool: ...  # the run (enrollment, campaign) was exited or converted
+    @property
+    def channel_enabled(self) -> bool: ...
+    @property
+    def profile_exists(self) -> bool: ...
+    @property
+    def has_address(self) -> bool: ...
+    @property
+    def subscribed(self) -> bool: ...
+    @property
+    def passes_filters(self) -> bool: ...  # no filters: True
+    @property
+    def in_segment(self) -> bool: ...  # no segment to stay in: True
+    @property
+    def recently_messaged(self) -> bool: ...  # smart sending on, and a send within its window
+    @property
+    def cap_reached(self) -> bool: ...  # a frequency cap applies and is full
+    @property
+    def quiet_hours_end(self) -> datetime | None: ...  # set when a text would go out at night
+
+
+@dataclass(frozen=True)
+class Facts:
+    """The facts as plain values (what a campaign page row provides)."""
+
+    exited: bool = False
+    channel_enabled: bool = True
+    profile_exists: bool = True
+    has_address: bool = True
+    subscribed: bool = True
+    passes_filters: bool = True
+    in_segment: bool = True
+    recently_messaged: bool = False
+    cap_reached: bool = False
+    quiet_hours_end: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    skip: SkipReason | None = None
+    hold_until: datetime | None = None
+
+    @property
+    def send(self) -> bool:
+        return self.skip is None and self.hold_until is None
+
+
+SEND = Decision()
+
+
+def decide(facts: DeliveryFacts, quiet_hours: QuietHours) -> Decision:
+    """The first rule that blocks the message, a hold until quiet hours end, or SEND."""
+    if facts.exited:
+        return Decision(SkipReason.exited)
+    if not facts.channel_enabled:
+        return Decision(SkipReason.channel_disabled)
+    if not facts.profile_exists:
+        return Decision(SkipReason.profile_deleted)
+    if not facts.has_address:
+        return Decision(SkipReason.missing_address)
+    if not facts.subscribed:
+        return Decision(SkipReason.no_consent)
+    if not facts.passes_filters:
+        return Decision(SkipReason.filter)
+    if not facts.in_segment:
+        return Decision(SkipReason.segment)
+    if facts.recently_messaged:
+        return Decision(SkipReason.smart_sending)
+    if facts.cap_reached:
+        return Decision(SkipReason.capped)
+    if (until := facts.quiet_hours_end) is not None:
+        if quiet_hours is QuietHours.skip:
+            return Decision(SkipReason.quiet_hours)
+        return Decision(hold_until=until)
+    return SEND
 
 
 class FailReason(StrEnum):
