@@ -132,6 +132,21 @@ def profiles(
     return ids
 
 
+def earlier_send(profile_id: str, channel: str, at: datetime) -> Delivery:
+    """A message sent to the profile before the test (for smart sending and caps)."""
+    return Delivery(
+        id=new_id("dl"),
+        idempotency_key=new_id("earlier"),
+        run_kind="flow",
+        run_id="fl_0",
+        step_id="s0",
+        profile_id=profile_id,
+        channel=channel,
+        status="sent",
+        sent_at=at,
+    )
+
+
 def make_list(db, *profile_ids: str) -> str:
     list_id = new_id("li")
     with session_scope(db.engine) as session:
@@ -472,19 +487,7 @@ def test_every_skip_reason_and_the_sent_message(db, acts, account):
     db.execute("""UPDATE profile SET properties = '{"zero": 0}' WHERE id = :p""", p=bad)
     with session_scope(db.engine) as session:
         for pid, ago in ((smart, 2), (capped, 20)):  # 2 h: within 16 h; 20 h: only the cap
-            session.add(
-                Delivery(
-                    id=new_id("dl"),
-                    idempotency_key=new_id("earlier"),
-                    run_kind="flow",
-                    run_id="fl_0",
-                    step_id="s0",
-                    profile_id=pid,
-                    channel="email",
-                    status="sent",
-                    sent_at=NOW - timedelta(hours=ago),
-                )
-            )
+            session.add(earlier_send(pid, "email", NOW - timedelta(hours=ago)))
     content = MessageContent(
         subject=EMAIL.subject,
         body=EMAIL.body + "{% if profile.zero == 0 %}{{ 1 | divided_by: profile.zero }}{% endif %}",

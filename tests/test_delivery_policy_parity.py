@@ -15,13 +15,12 @@ from hypothesis import strategies as st
 from activities.delivery import DeliveryActivities
 from herald.core.config import Settings
 from herald.core.db import session_scope
-from herald.core.ids import new_id
 from models.campaigns import CampaignExit
-from models.delivery import Delivery
 from models.delivery_dto import DeliveryRequest
 from tests.test_campaign_activities import (
     NOW,
     campaign,
+    earlier_send,
     make_list,
     message,
     page_request,
@@ -81,19 +80,8 @@ def _world(db, account, f: dict):
         if f["consent"]:
             db_consent(session, pid, channel, f["consent"])
         if f["last_sent_hours_ago"] is not None:
-            session.add(
-                Delivery(
-                    id=new_id("dl"),
-                    idempotency_key=new_id("earlier"),
-                    run_kind="flow",
-                    run_id="fl_0",
-                    step_id="s0",
-                    profile_id=pid,
-                    channel=channel,
-                    status="sent",
-                    sent_at=NOW - timedelta(hours=f["last_sent_hours_ago"]),
-                )
-            )
+            at = NOW - timedelta(hours=f["last_sent_hours_ago"])
+            session.add(earlier_send(pid, channel, at))
     msg = message(channel, smart_sending=f["smart_sending"])
     p = path(make_list(db, pid), messages=[msg])
     cs = campaign(db, [p], status="sending")
