@@ -5,8 +5,6 @@ re-import it by name. The worker runs in its own process, started by `bench/flow
 --baseline-worker`, so it competes for the CPU the way Herald's worker does.
 """
 
-import asyncio
-import signal
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -60,6 +58,7 @@ class BaselineWorkflow:
 
 
 async def run_worker(address: str, task_queue: str, scratch: str) -> None:
+    from common import serve
     from temporalio.client import Client
     from temporalio.worker import Worker
 
@@ -72,10 +71,4 @@ async def run_worker(address: str, task_queue: str, scratch: str) -> None:
         activities=[Touch(scratch).touch],
         activity_executor=ThreadPoolExecutor(max_workers=16),
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with worker:
-        print("ready", flush=True)
-        await stop.wait()
+    await serve(worker)

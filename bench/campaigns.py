@@ -42,21 +42,28 @@ numbers to bench/results/campaigns-<timestamp>.json. Usage:
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import sqlite3
-import subprocess
 import sys
 import time
-import traceback
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import naive_campaign
-from common import RESULTS, Stack, cpu_seconds, rss_kb
+from common import (
+    CpuMeter,
+    Db,
+    RssSampler,
+    Stack,
+    log,
+    print_checks,
+    rss_kb,
+    run_on_stack,
+    sqlite_epoch,
+    stack_arguments,
+    start_worker,
+)
 from temporalio.api.enums.v1 import EventType
 
 from herald.campaigns import store
@@ -81,23 +88,6 @@ NAIVE_QUEUE = "bench-naive-campaign"
 CHUNK = 5_000  # rows per bulk insert transaction (short write locks for the router meanwhile)
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-class Db:
-    """Read-only view of Herald's SQLite file: WAL readers never block the writer."""
-
-    def __init__(self, path: Path) -> None:
-        self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-
-    def scalar(self, sql: str, *params):
-        return self.conn.execute(sql, params).fetchone()[0]
-
-    def rows(self, sql: str, *params) -> list[tuple]:
-        return self.conn.execute(sql, params).fetchall()
-
-
 def afternoon_zone(now: datetime) -> str:
     """A fixed-offset IANA zone where it is about 13:00 now (far from quiet hours)."""
     offset = (13 - now.hour + 12) % 24 - 12  # -12 .. +11 hours from UTC
@@ -114,13 +104,6 @@ def wall(at: datetime, zone: str) -> str:
 
 def next_minute(at: datetime) -> datetime:
     return at.replace(second=0, microsecond=0) + timedelta(minutes=1)
-
-
-def epoch(value: str | None) -> float | None:
-    """A naive-UTC datetime as SQLite stores it, as a Unix timestamp."""
-    if value is None:
-        return None
-    return datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp()
 
 
 # ---- setup -------------------------------------------------------------------------------------
@@ -307,70 +290,7 @@ def activity_spans(runs: list[tuple[str, list]], activity: str, key) -> dict[str
     return spans
 
 
-# ---- sampling ----------------------------------------------------------------------------------
-
-
-class RssSampler:
-    """Peak VmRSS (MB) of some processes, sampled every `every` seconds in the background."""
-
-    def __init__(self, pids: dict[str, int], every: float = 0.5) -> None:
-        self.pids, self.every = pids, every
-        self.peak: dict[str, float] = {}
-        self.samples = 0
-        self.task = asyncio.create_task(self._loop())
-
-    async def _loop(self) -> None:
-        while True:
-            for name, pid in self.pids.items():
-                kb = rss_kb(pid)
-                if kb is not None:
-                    self.peak[name] = max(self.peak.get(name, 0.0), kb / 1024)
-            self.samples += 1
-            await asyncio.sleep(self.every)
-
-    async def stop(self) -> dict[str, float]:
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
-        return self.peak
-
-
-def cpu_of(pids: dict[str, int]) -> dict[str, float]:
-    out = {name: cpu_seconds(pid) or 0.0 for name, pid in pids.items()}
-    own = os.times()
-    out["bench"] = own.user + own.system
-    return out
-
-
-def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    return {k: after[k] - before.get(k, 0.0) for k in after}
-
-
 # ---- 1. naive ----------------------------------------------------------------------------------
-
-
-def start_naive_worker(stack: Stack, database_url: str) -> subprocess.Popen:
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            __file__,
-            "--naive-worker",
-            "--address",
-            stack.temporal_address,
-            "--task-queue",
-            NAIVE_QUEUE,
-            "--database-url",
-            database_url,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "HERALD_LOG_LEVEL": "WARNING"},
-    )
-    line = worker.stdout.readline()
-    if line.strip() != "ready":
-        worker.kill()
-        raise RuntimeError(f"naive worker did not start: {line!r}")
-    return worker
 
 
 async def naive_phase(run: "Run", profile_ids: list[str]) -> dict:
@@ -389,11 +309,11 @@ async def naive_phase(run: "Run", profile_ids: list[str]) -> dict:
                 started_at=utcnow(),
             )
         )
-    worker = start_naive_worker(run.stack, run.database_url)
-    try:
-        pids = {"naive worker": worker.pid, **run.stack.children()}
+    with start_worker(
+        __file__, "--naive-worker", run.stack, NAIVE_QUEUE, "--database-url", run.database_url
+    ) as worker:
         sampler = RssSampler({"naive worker": worker.pid})
-        cpu_before = cpu_of(pids)
+        meter = CpuMeter({"naive worker": worker.pid, **run.stack.children()})
         started = time.time()
         handle = await run.client.start_workflow(
             naive_campaign.WORKFLOW_TYPE,
@@ -415,11 +335,8 @@ async def naive_phase(run: "Run", profile_ids: list[str]) -> dict:
         )
         outcomes = await asyncio.wait_for(handle.result(), timeout=3_600)
         wall_s = time.time() - started
-        cpu = cpu_delta(cpu_before, cpu_of(pids))
+        cpu = meter.stop()
         peak = await sampler.stop()
-    finally:
-        worker.terminate()
-        worker.wait(30)
     runs = await run_chain(run.client, handle.id, handle.result_run_id or "")
     span = activity_spans(runs, "deliver", lambda _: "deliver").get("deliver", {})
     sent = run.db.scalar(
@@ -469,7 +386,7 @@ async def herald_phase(run: "Run", list_id: str, emails: list[str]) -> dict:
     worker_pid = children["worker"]
     idle_rss = (rss_kb(worker_pid) or 0) / 1024
     sampler = RssSampler({"worker": worker_pid, "temporal": children["temporal"]})
-    cpu_before = cpu_of(children)
+    meter = CpuMeter(children)
     started = time.time()
     handle = await run.client.start_workflow(
         CAMPAIGN_WORKFLOW,
@@ -526,7 +443,7 @@ async def herald_phase(run: "Run", list_id: str, emails: list[str]) -> dict:
         await asyncio.sleep(0.5)
     outcome = result_task.result()
     wall_s = time.time() - started
-    cpu = cpu_delta(cpu_before, cpu_of(children))
+    cpu = meter.stop()
     peak = await sampler.stop()
     log(f"2. Herald: campaign {outcome} in {wall_s:.0f} s; reading histories")
 
@@ -573,7 +490,7 @@ async def herald_phase(run: "Run", list_id: str, emails: list[str]) -> dict:
                 "in_pages_seconds": span.get("in_activity", 0.0),
                 "first_page_at": span.get("first"),
                 "last_page_done_at": span.get("last"),
-                "sent_at_span_seconds": (epoch(last) or 0) - (epoch(first) or 0),
+                "sent_at_span_seconds": (sqlite_epoch(last) or 0) - (sqlite_epoch(first) or 0),
             }
         )
 
@@ -742,11 +659,6 @@ def report_herald(result: dict) -> list[tuple[str, bool]]:
     ]
 
 
-def print_checks(checks: list[tuple[str, bool]]) -> None:
-    for label, ok in checks:
-        print(f"  [{'met' if ok else 'MISSED'}] {label}")
-
-
 # ---- main --------------------------------------------------------------------------------------
 
 
@@ -812,11 +724,7 @@ def main() -> None:
         default=2_500,
         help="messages/s assumed when setting messages 2 and 3 after message 1",
     )
-    parser.add_argument("--keep-log", action="store_true", help="keep the stack's log file")
-    parser.add_argument("--naive-worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--address", help=argparse.SUPPRESS)
-    parser.add_argument("--task-queue", help=argparse.SUPPRESS)
-    parser.add_argument("--database-url", help=argparse.SUPPRESS)
+    stack_arguments(parser, "--naive-worker", "--database-url")
     args = parser.parse_args()
 
     if args.naive_worker:
@@ -830,29 +738,7 @@ def main() -> None:
         f"converting: {args.convert_percent:g} %",
         flush=True,
     )
-    out: dict = {"cores": os.cpu_count(), "args": vars(args)}
-    started = time.monotonic()
-    stack = Stack()
-    log(f"stack up: data {stack.data_dir}, log {stack.log_path}")
-    failed = False
-    try:
-        asyncio.run(measure(stack, args, out))
-    except Exception as exc:
-        failed = True
-        out["error"] = "".join(traceback.format_exception(exc))
-        print(f"\nFAILED: {exc}", flush=True)
-    finally:
-        stack.stop()
-        if not args.keep_log and not failed:
-            stack.log_path.unlink(missing_ok=True)
-    out["bench_seconds"] = time.monotonic() - started
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"campaigns-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    path.write_text(json.dumps(out, indent=2, default=str))
-    print(f"\nwhole benchmark {out['bench_seconds']:.0f} s; raw numbers: {path}")
-    if failed:
-        print(f"stack log: {stack.log_path}")
-        raise SystemExit(1)
+    run_on_stack("campaigns", measure, args, timed=True)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,34 @@
-"""Shared by the benchmarks: the stack under test, a cheap HTTP client, small statistics.
+"""Shared by the benchmarks: the stack, polling, process meters, results and the driver.
 
-Not a benchmark itself. `Stack` starts `herald dev` (Temporal dev server with SQLite + WAL, the
-worker and the API, exactly what `make run` starts) on free ports in a temporary data dir;
-`Connection` is a keep-alive HTTP/1.1 client on raw asyncio streams.
+Not a benchmark itself; each bench/<name>.py holds only what it measures. Here:
+
+- `Stack` starts `herald dev` (Temporal dev server with SQLite + WAL, the worker and the API,
+  exactly what `make run` starts) on free ports in a temporary data dir; `Connection` is a
+  keep-alive HTTP/1.1 client on raw asyncio streams; `Db` reads Herald's SQLite file read-only.
+- `poll` waits for a condition; `CpuMeter` and `RssSampler` meter processes by PID.
+- `start_worker` / `serve`: a benchmark's own Temporal worker in a process of its own (the
+  script re-run with a hidden flag), so it competes for the CPU the way Herald's worker does.
+- `stack_arguments` (--keep-log and those hidden flags), `pick_backends`, `print_checks`, `save`
+  (bench/results/) and `run_on_stack`, the driver of a benchmark on one stack: start it,
+  measure, stop it, keep the log on failure, write the results.
 """
 
+import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
+import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -21,6 +36,11 @@ import httpx
 from herald.cli.devstack import find_binary
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def log(message: str) -> None:
+    """Progress on stderr, off the tables on stdout."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def free_port() -> int:
@@ -94,9 +114,6 @@ def rss_kb(pid: int) -> int | None:
     except OSError:
         return None
     return None
-
-
-_rss_kb = rss_kb  # the name the Stack used first
 
 
 class Stack:
@@ -190,18 +207,34 @@ class Stack:
         self.check_alive()
         out = {}
         for name, pid in self.children().items():
-            kb = _rss_kb(pid)
+            kb = rss_kb(pid)
             if kb is not None:
                 out[name] = kb / 1024
         return out
 
-    def cpu(self) -> dict[str, float]:
-        """CPU seconds used so far by each child process."""
-        out = {}
-        for name, pid in self.children().items():
-            seconds = cpu_seconds(pid)
-            if seconds is not None:
-                out[name] = seconds
+    def connection(self, key: str = "private_key") -> Connection:
+        """A keep-alive connection to the API, authorised with one of the dev keys."""
+        headers = {"authorization": f"Bearer {self.keys[key]}"}
+        return Connection("127.0.0.1", self.api_port, headers)
+
+    def worker_metrics(self) -> dict[str, float]:
+        """The worker's Temporal SDK metrics, each summed over its label sets (buckets left
+        out); empty when the endpoint does not answer."""
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                text = answer.read().decode()
+        except OSError:
+            return {}
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            name = line.split("{")[0].split(" ")[0]
+            if not name.endswith("_bucket"):
+                out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
         return out
 
     def stop(self) -> None:
@@ -212,3 +245,240 @@ class Stack:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+class Db:
+    """Read-only view of Herald's SQLite file: WAL readers never block the writer."""
+
+    def __init__(self, path: Path) -> None:
+        self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+
+    def scalar(self, sql: str, *params):
+        return self.conn.execute(sql, params).fetchone()[0]
+
+    def rows(self, sql: str, *params) -> list[tuple]:
+        return self.conn.execute(sql, params).fetchall()
+
+
+def sqlite_epoch(value: str | None) -> float | None:
+    """A naive-UTC datetime as SQLite stores it, as a Unix timestamp (None stays None)."""
+    if value is None:
+        return None
+    return datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp()
+
+
+# ---- polling -----------------------------------------------------------------------------------
+
+
+async def poll(check: Callable[[], object], every: float, give_up_after: float = 600) -> None:
+    """Until `check()` (a function or coroutine function) is true."""
+    deadline = time.monotonic() + give_up_after
+    while True:
+        ok = check()
+        if asyncio.iscoroutine(ok):
+            ok = await ok
+        if ok:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"gave up after {give_up_after:.0f} s")
+        await asyncio.sleep(every)
+
+
+# ---- process meters ----------------------------------------------------------------------------
+
+
+def machine_busy_seconds() -> float:
+    """CPU time all cores spent busy since boot (/proc/stat: everything but idle and iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy = sum(fields[:8]) - fields[3] - fields[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds each process used between construction and stop().
+
+    `pids` are metered, then this process (`bench`), then `extra`; with `other`, stop() adds
+    what the rest of the machine used meanwhile (noise on a shared machine)."""
+
+    def __init__(
+        self, pids: dict[str, int], extra: dict[str, int] | None = None, *, other: bool = False
+    ) -> None:
+        self.pids, self.extra, self.other = pids, extra or {}, other
+        self.start = self.read()
+
+    def read(self) -> dict[str, float]:
+        own = os.times()
+        out: dict[str, float] = {}
+        for name, pid in self.pids.items():
+            seconds = cpu_seconds(pid)
+            if seconds is not None:
+                out[name] = seconds
+        out["bench"] = own.user + own.system
+        for name, pid in self.extra.items():
+            out[name] = cpu_seconds(pid) or 0.0
+        if self.other:
+            out["machine"] = machine_busy_seconds()
+        return out
+
+    def stop(self) -> dict[str, float]:
+        end = self.read()
+        used = {k: end[k] - self.start.get(k, 0.0) for k in end}
+        if self.other:
+            machine = used.pop("machine")
+            used["other"] = max(0.0, machine - sum(used.values()))
+        return used
+
+
+class RssSampler:
+    """Peak VmRSS (MB) of some processes, sampled every `every` seconds in the background."""
+
+    def __init__(self, pids: dict[str, int], every: float = 0.5) -> None:
+        self.pids, self.every = pids, every
+        self.peak: dict[str, float] = {}
+        self.samples = 0
+        self.task = asyncio.create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            for name, pid in self.pids.items():
+                kb = rss_kb(pid)
+                if kb is not None:
+                    self.peak[name] = max(self.peak.get(name, 0.0), kb / 1024)
+            self.samples += 1
+            await asyncio.sleep(self.every)
+
+    async def stop(self) -> dict[str, float]:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        return self.peak
+
+
+# ---- a benchmark's own worker process ----------------------------------------------------------
+
+
+def stack_arguments(parser: argparse.ArgumentParser, flag: str, *extra: str) -> None:
+    """--keep-log (see run_on_stack), and the hidden options a benchmark script takes when
+    start_worker re-runs it as its own worker."""
+    parser.add_argument("--keep-log", action="store_true", help="keep the stack's log file")
+    parser.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
+    for name in ("--address", "--task-queue", *extra):
+        parser.add_argument(name, help=argparse.SUPPRESS)
+
+
+@contextlib.contextmanager
+def start_worker(
+    script: str, flag: str, stack: Stack, task_queue: str, *extra: str
+) -> Iterator[subprocess.Popen]:
+    """`script flag --address .. --task-queue .. *extra` in a process of its own, once it said
+    "ready" (see `serve`); its logs go to the stack's log; terminated on leaving."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(script).resolve()),
+            flag,
+            "--address",
+            stack.temporal_address,
+            "--task-queue",
+            task_queue,
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=open(stack.log_path, "a"),  # noqa: SIM115
+        text=True,
+        env={**os.environ, "HERALD_LOG_LEVEL": "WARNING"},
+    )
+    try:
+        line = proc.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"the {flag} process did not start ({line!r}); see {stack.log_path}")
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+async def serve(worker) -> None:
+    """Runs a temporalio Worker until SIGINT or SIGTERM; prints "ready" once it runs."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with worker:
+        print("ready", flush=True)
+        await stop.wait()
+
+
+# ---- backends, results, the driver -------------------------------------------------------------
+
+
+def pick_backends(
+    parser: argparse.ArgumentParser, names: list[str]
+) -> list[tuple[str, str | None]]:
+    """(backend, database URL) for each name: sqlite (no URL), postgres when
+    HERALD_BENCH_POSTGRES_URL or HERALD_TEST_POSTGRES_URL is set (skipped with a note if not)."""
+    pg_url = os.environ.get("HERALD_BENCH_POSTGRES_URL") or os.environ.get(
+        "HERALD_TEST_POSTGRES_URL"
+    )
+    out: list[tuple[str, str | None]] = []
+    for name in names:
+        if name == "sqlite":
+            out.append((name, None))
+        elif name == "postgres" and pg_url:
+            out.append((name, pg_url))
+        elif name == "postgres":
+            print("PostgreSQL skipped: set HERALD_BENCH_POSTGRES_URL", file=sys.stderr)
+        else:
+            parser.error(f"unknown backend {name!r}")
+    return out
+
+
+def print_checks(checks: list[tuple[str, bool]]) -> None:
+    for label, ok in checks:
+        print(f"  [{'met' if ok else 'MISSED'}] {label}")
+
+
+def save(name: str, out: dict, *, stamped: bool = True, seconds: float | None = None) -> Path:
+    """Writes the raw numbers to bench/results/<name>-<timestamp>.json (<name>.json unless
+    `stamped`) and says where; with `seconds`, how long the whole benchmark took too."""
+    RESULTS.mkdir(exist_ok=True)
+    stamp = f"-{time.strftime('%Y%m%dT%H%M%S')}" if stamped else ""
+    path = RESULTS / f"{name}{stamp}.json"
+    path.write_text(json.dumps(out, indent=2, default=str))
+    whole = f"whole benchmark {seconds:.0f} s; " if seconds is not None else ""
+    print(f"\n{whole}raw numbers: {path}")
+    return path
+
+
+def run_on_stack(
+    name: str,
+    measure: Callable[[Stack, argparse.Namespace, dict], Awaitable[None]],
+    args: argparse.Namespace,
+    *,
+    timed: bool = False,
+) -> None:
+    """The driver of a benchmark on one stack: `measure(stack, args, out)` fills `out`, which
+    is saved as bench/results/<name>-<timestamp>.json even when it fails (the error in it, the
+    stack's log kept and its path printed, exit status 1). The log is kept with --keep-log too;
+    `timed` adds the whole benchmark's seconds."""
+    out: dict = {"cores": os.cpu_count(), "args": vars(args)}
+    started = time.monotonic()
+    stack = Stack()
+    log(f"stack up: data {stack.data_dir}, log {stack.log_path}")
+    failed = False
+    try:
+        asyncio.run(measure(stack, args, out))
+    except Exception as exc:
+        failed = True
+        out["error"] = "".join(traceback.format_exception(exc))
+        print(f"\nFAILED: {exc}", flush=True)
+    finally:
+        stack.stop()
+        if not args.keep_log and not failed:
+            stack.log_path.unlink(missing_ok=True)
+    if timed:
+        out["bench_seconds"] = time.monotonic() - started
+    save(name, out, seconds=out.get("bench_seconds"))
+    if failed:
+        print(f"stack log: {stack.log_path}")
+        raise SystemExit(1)

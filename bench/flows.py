@@ -49,15 +49,25 @@ import json
 import os
 import sqlite3
 import statistics
-import subprocess
 import sys
 import time
-import traceback
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
-from common import RESULTS, Connection, Stack, cpu_seconds, percentile
+from common import (
+    Connection,
+    CpuMeter,
+    Db,
+    Stack,
+    log,
+    percentile,
+    poll,
+    print_checks,
+    run_on_stack,
+    sqlite_epoch,
+    stack_arguments,
+    start_worker,
+)
 
 TARGET_RATIO = 0.8
 TARGET_EXIT_P99_MS = 250
@@ -65,10 +75,6 @@ TARGET_WORKER_RSS_MB = 400
 BASELINE_QUEUE = "bench-baseline"
 
 TRIGGER, CONVERSION = "Started Checkout", "Placed Order"
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def flow_body(name: str) -> dict:
@@ -93,44 +99,6 @@ def flow_body(name: str) -> dict:
             message("m2", "Still thinking about it?", None),
         ],
     }
-
-
-def sqlite_epoch(value: str) -> float:
-    """A naive-UTC datetime as SQLite stores it, as a Unix timestamp."""
-    return datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp()
-
-
-async def poll(check, every: float, give_up_after: float = 600) -> None:
-    """Until `check()` (a function or coroutine function) is true."""
-    deadline = time.monotonic() + give_up_after
-    while True:
-        ok = check()
-        if asyncio.iscoroutine(ok):
-            ok = await ok
-        if ok:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"gave up after {give_up_after:.0f} s")
-        await asyncio.sleep(every)
-
-
-def scrape(port: int) -> dict[str, float]:
-    """The worker's Temporal SDK metrics, each summed over its label sets (buckets left out)."""
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-            text = answer.read().decode()
-    except OSError:
-        return {}
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name = line.split("{")[0].split(" ")[0]
-        if not name.endswith("_bucket"):
-            out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
-    return out
 
 
 def sdk_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -171,50 +139,6 @@ def sdk_line(sdk: dict[str, float]) -> str:
     )
 
 
-class CpuMeter:
-    """CPU seconds each process used between construction and stop()."""
-
-    def __init__(self, stack: Stack, extra: dict[str, int] | None = None) -> None:
-        self.stack, self.extra = stack, extra or {}
-        self.start = self.read()
-
-    def read(self) -> dict[str, float]:
-        own = os.times()
-        out = {**self.stack.cpu(), "bench": own.user + own.system}
-        for name, pid in self.extra.items():
-            out[name] = cpu_seconds(pid) or 0.0
-        out["machine"] = machine_busy_seconds()
-        return out
-
-    def stop(self) -> dict[str, float]:
-        """Per process; `other` is what the rest of the machine used meanwhile (noise)."""
-        end = self.read()
-        used = {k: end[k] - self.start.get(k, 0.0) for k in end}
-        machine = used.pop("machine")
-        used["other"] = max(0.0, machine - sum(used.values()))
-        return used
-
-
-def machine_busy_seconds() -> float:
-    """CPU time all cores spent busy since boot (/proc/stat: everything but idle and iowait)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    busy = sum(fields[:8]) - fields[3] - fields[4]
-    return busy / os.sysconf("SC_CLK_TCK")
-
-
-class Db:
-    """Read-only view of Herald's SQLite file: WAL readers never block the writer."""
-
-    def __init__(self, path: Path) -> None:
-        self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-
-    def scalar(self, sql: str, *params):
-        return self.conn.execute(sql, params).fetchone()[0]
-
-    def rows(self, sql: str, *params) -> list[tuple]:
-        return self.conn.execute(sql, params).fetchall()
-
-
 class Run:
     """The stack, its keys, the flow and helpers shared by the phases."""
 
@@ -241,12 +165,10 @@ class Run:
         self.flow_id = body["id"]
 
     def private(self) -> Connection:
-        key = self.stack.keys["private_key"]
-        return Connection("127.0.0.1", self.stack.api_port, {"authorization": f"Bearer {key}"})
+        return self.stack.connection("private_key")
 
     def ingest(self) -> Connection:
-        key = self.stack.keys["write_key"]
-        return Connection("127.0.0.1", self.stack.api_port, {"authorization": f"Bearer {key}"})
+        return self.stack.connection("write_key")
 
     async def call(self, conn: Connection, method: str, path: str, body: bytes | None):
         """A request retried on 5xx and dropped connections (every write here is idempotent:
@@ -448,28 +370,6 @@ class Run:
 # ---- 1. enrollment throughput ------------------------------------------------------------------
 
 
-def start_baseline_worker(stack: Stack, scratch: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--baseline-worker",
-            "--address",
-            stack.temporal_address,
-            "--task-queue",
-            BASELINE_QUEUE,
-            "--scratch",
-            str(scratch),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=open(stack.log_path, "a"),  # noqa: SIM115
-        text=True,
-    )
-    if proc.stdout.readline().strip() != "ready":
-        raise SystemExit("the baseline worker did not start; see the stack log")
-    return proc
-
-
 async def baseline(run: Run, scratch: Path, worker_pid: int, label: str) -> dict:
     n, concurrency = run.args.enrollments, run.args.concurrency
     client = run.client
@@ -492,7 +392,7 @@ async def baseline(run: Run, scratch: Path, worker_pid: int, label: str) -> dict
     async def signal(wid: str) -> None:
         await client.get_workflow_handle(wid).signal("done")
 
-    meter = CpuMeter(run.stack, {"baseline worker": worker_pid})
+    meter = CpuMeter(run.stack.children(), {"baseline worker": worker_pid}, other=True)
     t0 = time.time()
     await each(start)
     touches = "FROM touch WHERE workflow_id LIKE ?", (prefix + "%",)
@@ -535,8 +435,8 @@ async def herald_lifecycle(run: Run) -> dict:
     people = await run.profiles("life", n)
     emails = [e for e, _ in people]
     log(f"1. Herald: {n} {TRIGGER} events")
-    meter = CpuMeter(run.stack)
-    metrics = scrape(run.stack.metrics_port)
+    meter = CpuMeter(run.stack.children(), other=True)
+    metrics = run.stack.worker_metrics()
     t0 = await run.post_events(TRIGGER, emails, "sc")
     await run.wait_for(f"{n} first messages", lambda c: c["m1"] >= n)
     sent_at = sqlite_epoch(
@@ -553,7 +453,7 @@ async def herald_lifecycle(run: Run) -> dict:
     t1 = await run.post_events(CONVERSION, emails, "po")
     await run.wait_for(f"{n} exits", lambda c: c["closed"] >= n)
     cpu = meter.stop()
-    sdk = sdk_delta(metrics, scrape(run.stack.metrics_port))
+    sdk = sdk_delta(metrics, run.stack.worker_metrics())
     ids = [r[0] for r in run.db.rows("SELECT workflow_id FROM flow_enrollment")]
     closed = await run.all_closed(ids)
     return {
@@ -641,7 +541,7 @@ async def exit_latency(run: Run) -> dict:
     )
     picked = [(e, workflow_of[p]) for e, p in people[:samples]]
     log(f"2. exit latency: {len(picked)} {CONVERSION} events, one at a time")
-    metrics = scrape(run.stack.metrics_port)
+    metrics = run.stack.worker_metrics()
     conn = run.ingest()
     row_ms, sent_wall, event_ids, timeouts = [], {}, {}, 0
     try:
@@ -663,7 +563,7 @@ async def exit_latency(run: Run) -> dict:
                 await asyncio.sleep(0.005)
     finally:
         conn.close()
-    sdk = sdk_delta(metrics, scrape(run.stack.metrics_port))
+    sdk = sdk_delta(metrics, run.stack.worker_metrics())
     closed = await run.all_closed(list(sent_wall))
     temporal_ms = [(closed[w] - sent_wall[w]) * 1000 for w in sent_wall if w in closed]
     routed_ms = []
@@ -733,7 +633,7 @@ async def memory(run: Run, rss_log: list[dict]) -> dict:
             progress["longest_pause"] = max(progress["longest_pause"], now - progress["at"])
         return counts["sleeping"] >= target
 
-    metrics = scrape(run.stack.metrics_port)
+    metrics = run.stack.worker_metrics()
     t0 = time.monotonic()
     # In slices, so progress shows and the router's batches stay like real traffic.
     for start in range(0, len(emails), 1_000):
@@ -743,7 +643,7 @@ async def memory(run: Run, rss_log: list[dict]) -> dict:
 
     await run.wait_for(f"{target} sleeping", done, every=0.5)
     ramp_s = time.monotonic() - t0
-    sdk = sdk_delta(metrics, scrape(run.stack.metrics_port))
+    sdk = sdk_delta(metrics, run.stack.worker_metrics())
     samples = []
     for _ in range(5):
         await asyncio.sleep(1)
@@ -795,11 +695,6 @@ def report_memory(result: dict, rss_log: list[dict]) -> list[tuple[str, bool]]:
 # ---- main --------------------------------------------------------------------------------------
 
 
-def print_checks(checks: list[tuple[str, bool]]) -> None:
-    for label, ok in checks:
-        print(f"  [{'met' if ok else 'MISSED'}] {label}")
-
-
 async def measure(stack: Stack, args, out: dict) -> None:
     run = Run(stack, args)
     out["server_errors"] = run.server_errors  # filled as the run goes, kept if it fails
@@ -810,16 +705,14 @@ async def measure(stack: Stack, args, out: dict) -> None:
     checks: list[tuple[str, bool]] = []
     scratch = stack.data_dir / "baseline.db"
     # The baseline runs before and after Herald: on a shared machine either may be disturbed.
-    worker = start_baseline_worker(stack, scratch)
-    try:
+    with start_worker(
+        __file__, "--baseline-worker", stack, BASELINE_QUEUE, "--scratch", str(scratch)
+    ) as worker:
         log(f"1. baseline (before): {args.enrollments} bare workflows")
         bases = [await baseline(run, scratch, worker.pid, "before")]
         herald = await herald_lifecycle(run)
         log(f"1. baseline (after): {args.enrollments} bare workflows")
         bases.append(await baseline(run, scratch, worker.pid, "after"))
-    finally:
-        worker.terminate()
-        worker.wait(30)
     out["baseline"] = bases
     out["herald"] = herald
     out["ratio"] = rate(herald) / baseline_rate(bases)
@@ -865,11 +758,7 @@ def main() -> None:
     )
     parser.add_argument("--concurrency", type=int, default=8, help="connections / RPCs in flight")
     parser.add_argument("--batch-size", type=int, default=100, help="events per batch request")
-    parser.add_argument("--keep-log", action="store_true", help="keep the stack's log file")
-    parser.add_argument("--baseline-worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--address", help=argparse.SUPPRESS)
-    parser.add_argument("--task-queue", help=argparse.SUPPRESS)
-    parser.add_argument("--scratch", help=argparse.SUPPRESS)
+    stack_arguments(parser, "--baseline-worker", "--scratch")
     args = parser.parse_args()
 
     if args.baseline_worker:
@@ -884,27 +773,7 @@ def main() -> None:
         f"concurrency: {args.concurrency}  batch: {args.batch_size}",
         flush=True,
     )
-    out: dict = {"cores": os.cpu_count(), "args": vars(args)}
-    stack = Stack()
-    log(f"stack up: data {stack.data_dir}, log {stack.log_path}")
-    failed = False
-    try:
-        asyncio.run(measure(stack, args, out))
-    except Exception as exc:
-        failed = True
-        out["error"] = "".join(traceback.format_exception(exc))
-        print(f"\nFAILED: {exc}", flush=True)
-    finally:
-        stack.stop()
-        if not args.keep_log and not failed:
-            stack.log_path.unlink(missing_ok=True)
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"flows-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    path.write_text(json.dumps(out, indent=2, default=str))
-    print(f"\nraw numbers: {path}")
-    if failed:
-        print(f"stack log: {stack.log_path}")
-        raise SystemExit(1)
+    run_on_stack("flows", measure, args)
 
 
 if __name__ == "__main__":

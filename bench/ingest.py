@@ -20,13 +20,12 @@ import asyncio
 import json
 import os
 import statistics
-import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass
 
 import httpx
-from common import RESULTS, Connection, Stack, percentile
+from common import Stack, percentile, pick_backends, poll, print_checks, save
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -57,7 +56,7 @@ class Phase:
         return self.requests / self.seconds
 
 
-async def drive(stack: "Stack", key: str, name: str, total: int, concurrency: int, make) -> Phase:
+async def drive(stack: Stack, key: str, name: str, total: int, concurrency: int, make) -> Phase:
     """Send `total` requests over `concurrency` connections; `make(i)` gives (method, path,
     body, events in it). Bodies are encoded before the clock starts."""
     requests = [make(i) for i in range(total)]
@@ -70,7 +69,7 @@ async def drive(stack: "Stack", key: str, name: str, total: int, concurrency: in
 
     async def worker() -> None:
         nonlocal events, errors
-        conn = Connection("127.0.0.1", stack.api_port, {"authorization": f"Bearer {key}"})
+        conn = stack.connection(key)
         try:
             for method, path, body, n in counter:
                 started = time.perf_counter()
@@ -106,15 +105,15 @@ def event(run: str, i: int) -> dict:
     }
 
 
-async def routing_status(stack: "Stack") -> dict:
+async def routing_status(stack: Stack) -> dict:
     async with httpx.AsyncClient(base_url=stack.base) as client:
         headers = {"Authorization": f"Bearer {stack.keys['private_key']}"}
         return (await client.get("/v1/routing/status", headers=headers)).json()
 
 
-async def measure(stack: "Stack", single: int, batches: int) -> dict:
+async def measure(stack: Stack, single: int, batches: int) -> dict:
     run = uuid.uuid4().hex[:8]
-    key = stack.keys["write_key"]
+    key = "write_key"
     routed_before = (await routing_status(stack))["routed"]
     # Warm up connections, the metric cache and the key cache.
     await drive(
@@ -159,10 +158,14 @@ async def measure(stack: "Stack", single: int, batches: int) -> dict:
     status = await routing_status(stack)
     pending_after_ingest = status["pending"]
     ingested = one.events + batched.events + 200
-    # Drain: time until the router has routed everything accepted.
-    while status["pending"] > 0:
-        await asyncio.sleep(0.25)
+
+    async def drained() -> bool:
+        """Drain: the clock runs until the router has routed everything accepted."""
+        nonlocal status
         status = await routing_status(stack)
+        return status["pending"] == 0
+
+    await poll(drained, 0.25, give_up_after=3_600)
     drain_seconds = time.perf_counter() - ingest_started
     routed = status["routed"] - routed_before
     return {
@@ -226,8 +229,7 @@ def report(backend: str, result: dict) -> None:
         ("backlog does not grow", result["pending_after_ingest"] <= ROUTER_BATCH_SIZE),
         ("no request errors", not any(p.errors for p in result["phases"])),
     ]
-    for label, ok in checks:
-        print(f"  [{'met' if ok else 'MISSED'}] {label}")
+    print_checks(checks)
 
 
 def main() -> None:
@@ -237,24 +239,15 @@ def main() -> None:
     parser.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
     args = parser.parse_args()
 
-    backends: list[tuple[str, str | None]] = []
-    if args.backend in ("sqlite", "all"):
-        backends.append(("sqlite", None))
-    pg_url = os.environ.get("HERALD_BENCH_POSTGRES_URL") or os.environ.get(
-        "HERALD_TEST_POSTGRES_URL"
-    )
-    if args.backend in ("postgres", "all"):
-        if pg_url:
-            backends.append(("postgres", pg_url))
-        else:
-            print("PostgreSQL skipped: set HERALD_BENCH_POSTGRES_URL", file=sys.stderr)
+    names = ["sqlite", "postgres"] if args.backend == "all" else [args.backend]
+    backends = pick_backends(parser, names)
 
     print(f"cores: {os.cpu_count()}  single: {args.single}  batches: {args.batches} x 100")
     out: dict = {"cores": os.cpu_count(), "backends": {}}
-    for backend, url in backends:
-        db_name = None
-        if url:
-            db_name, url = postgres_database(url)
+    for backend, pg_url in backends:
+        db_name, url = None, pg_url
+        if pg_url:
+            db_name, url = postgres_database(pg_url)
         stack = Stack(url)
         try:
             result = asyncio.run(measure(stack, args.single, args.batches))
@@ -269,10 +262,7 @@ def main() -> None:
                 {**asdict(p), "events_per_second": p.events_per_second} for p in result["phases"]
             ],
         }
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"ingest-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    path.write_text(json.dumps(out, indent=2))
-    print(f"\nraw numbers: {path}")
+    save("ingest", out)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ re-import it by name. Its worker runs in its own process, started by `bench/camp
 """
 
 import asyncio
-import signal
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -70,6 +69,7 @@ class NaiveCampaignWorkflow:
 async def run_worker(address: str, task_queue: str, database_url: str) -> None:
     """The naive design's worker: this workflow and Herald's delivery activities, wired the way
     worker.py wires them (pydantic converter, 16 activity threads, outbox provider)."""
+    from common import serve
     from temporalio.worker import Worker
 
     from activities.delivery import DeliveryActivities
@@ -88,11 +88,5 @@ async def run_worker(address: str, task_queue: str, database_url: str) -> None:
         activities=[delivery.deliver],
         activity_executor=ThreadPoolExecutor(max_workers=16),
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with worker:
-        print("ready", flush=True)
-        await stop.wait()
+    await serve(worker)
     engine.dispose()

@@ -31,7 +31,6 @@ import json
 import os
 import random
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -41,7 +40,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, percentile
+from common import log, percentile, pick_backends, print_checks, save
 from sqlalchemy import Table, delete, insert, select, text
 from sqlalchemy.engine import Connection, Engine
 
@@ -124,10 +123,6 @@ DEFINITION: dict[str, Any] = {
         },
     ]
 }
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # ---- data --------------------------------------------------------------------------------------
@@ -607,8 +602,7 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> None:
         )
         target = "targets" if backend == "postgres" else "targets (set for PostgreSQL)"
         print(f"  {target}:")
-        for label, ok in checks(r):
-            print(f"  [{'met' if ok else 'MISSED'}] {label}")
+        print_checks(checks(r))
 
 
 def main() -> None:
@@ -625,19 +619,10 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    pg_url = os.environ.get("HERALD_BENCH_POSTGRES_URL") or os.environ.get(
-        "HERALD_TEST_POSTGRES_URL"
-    )
-    engines: dict[str, Callable[[], Any]] = {}
-    for backend in args.backends.split(","):
-        if backend == "sqlite":
-            engines[backend] = sqlite_engine
-        elif backend == "postgres" and pg_url:
-            engines[backend] = lambda: postgres_engine(pg_url)
-        elif backend == "postgres":
-            print("PostgreSQL skipped: set HERALD_BENCH_POSTGRES_URL", file=sys.stderr)
-        else:
-            parser.error(f"unknown backend {backend!r}")
+    engines: dict[str, Callable[[], Any]] = {
+        backend: (lambda url=url: postgres_engine(url)) if url else sqlite_engine
+        for backend, url in pick_backends(parser, args.backends.split(","))
+    }
 
     print(f"cores: {os.cpu_count()}  profiles: {args.profiles:,}  events: {args.events:,}")
     started = time.monotonic()
@@ -659,10 +644,7 @@ def main() -> None:
         "backends": {b: {**r, "checks": dict(checks(r))} for b, r in results.items()},
         "bench_seconds": time.monotonic() - started,
     }
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "segments.json"
-    path.write_text(json.dumps(out, indent=2, default=str))
-    print(f"\nwhole benchmark {out['bench_seconds']:.0f} s; raw numbers: {path}")
+    save("segments", out, stamped=False, seconds=out["bench_seconds"])
 
 
 if __name__ == "__main__":
