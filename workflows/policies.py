@@ -7,13 +7,14 @@ whatever the policy says.
 """
 
 from datetime import timedelta
+from typing import Any
 
 from temporalio.common import RetryPolicy
 
 from herald.analytics.contract import INVALID_RFM_INPUT
 
 
-def _doubling(first: timedelta, longest: timedelta, **options) -> RetryPolicy:
+def _doubling(first: timedelta, longest: timedelta, **options: Any) -> RetryPolicy:
     """Retries after `first`, doubling the wait up to `longest`, with no limit on attempts."""
     return RetryPolicy(
         initial_interval=first, backoff_coefficient=2.0, maximum_interval=longest, **options

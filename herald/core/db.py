@@ -3,11 +3,15 @@
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, create_engine
+
+if TYPE_CHECKING:
+    import sqlite3
 
 # SQLite calls the progress handler every this many virtual-machine steps (~0.1 ms of work).
 _SQLITE_PROGRESS_STEPS = 1000
@@ -16,7 +20,7 @@ _SQLITE_PROGRESS_STEPS = 1000
 _PG_TRANSIENT = frozenset({"40001", "40P01", "55P03", "57P01", "57P03"})
 
 
-def make_engine(url: str, **kwargs) -> Engine:
+def make_engine(url: str, **kwargs: Any) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
@@ -27,7 +31,7 @@ def make_engine(url: str, **kwargs) -> Engine:
         )
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record) -> None:
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             # WAL lets readers run beside the single writer; NORMAL sync is durable in WAL
             # mode across process crashes (only an OS crash can lose the last commits).
             cur = dbapi_conn.cursor()
@@ -38,14 +42,14 @@ def make_engine(url: str, **kwargs) -> Engine:
             cur.close()
 
         @event.listens_for(engine, "begin")
-        def _sqlite_begin_immediate(conn) -> None:
+        def _sqlite_begin_immediate(conn: Connection) -> None:
             # Take the write lock up front: a deferred transaction that later writes can fail
             # with SQLITE_BUSY instead of waiting, which would turn contention into 500s.
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         # pysqlite's own transaction handling must be off for the BEGIN above to be ours.
         @event.listens_for(engine, "connect")
-        def _sqlite_autocommit_off(dbapi_conn, _record) -> None:
+        def _sqlite_autocommit_off(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.isolation_level = None
 
         return engine
@@ -81,10 +85,11 @@ def statement_budget(session: Session, seconds: float) -> Iterator[None]:
         connection.exec_driver_sql(f"SET LOCAL statement_timeout = {milliseconds}")
         yield
         return
-    raw = connection.connection.dbapi_connection
+    # Only SQLite gets here, and a checked-out connection always has its DBAPI connection.
+    raw = cast("sqlite3.Connection", connection.connection.dbapi_connection)
     deadline = time.monotonic() + seconds
 
-    def restart(*_args) -> None:
+    def restart(*_args: Any) -> None:
         nonlocal deadline
         deadline = time.monotonic() + seconds
 

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 from itertools import chain, islice
-from typing import Any
+from typing import Any, cast
 
 from liquid import BoundTemplate, Environment, RenderContext, soft_str
 from liquid.exceptions import FilterArgumentError, LiquidError, ResourceLimitError
@@ -99,6 +99,7 @@ class _MeteredContext(RenderContext):
     """A render context that carries the render's `_Meter` into every copy of itself."""
 
     __slots__ = ("meter",)
+    meter: _Meter
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -113,7 +114,9 @@ class _MeteredContext(RenderContext):
 
     def get_buffer(self, buf: Any = None) -> Any:
         carry = buf.size if isinstance(buf, LimitedStringIO) else 0
-        return _MeteredBuffer(self.env.output_stream_limit - carry, self.meter)
+        # Only _BoundedEnvironment renders with this context, and it sets the limit.
+        limit = cast(int, self.env.output_stream_limit)
+        return _MeteredBuffer(limit - carry, self.meter)
 
 
 class _MeteredTemplate(BoundTemplate):
@@ -163,7 +166,7 @@ def _check(name: str, value: object) -> int:
     if kind is str:  # the common case first: a render calls filters thousands of times
         size = len(value)  # type: ignore[arg-type]
     elif kind is int:
-        bits = value.bit_length()  # type: ignore[attr-defined]
+        bits: int = value.bit_length()  # type: ignore[attr-defined]
         if bits > MAX_NUMBER_BITS:
             raise _TemplateLimitError(
                 f"{name}: number size limit reached (over {MAX_NUMBER_BITS} bits)", token=None
@@ -395,6 +398,6 @@ def template_variables(profile: Mapping[str, Any], context: Mapping[str, Any]) -
 
 def _describe(exc: LiquidError) -> str:
     # str(exc) draws a caret diagram over several lines: keep the reason and where it is.
-    reason = exc.message or type(exc).__name__
+    reason = str(exc.message or type(exc).__name__)
     where = exc.context() if exc.token is not None else None
     return f"{reason} (line {where[0]}, column {where[1]})" if where else reason

@@ -4,7 +4,7 @@ counts an hourly run reports (the activity is activities/date_triggers.py).
 
 import functools
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -52,7 +52,7 @@ def anniversary(original: date, year: int) -> date:
         return date(year, 2, 28)
 
 
-def _slot(day: date, at: time, zone: ZoneInfo) -> tuple[date, int]:
+def _slot(day: date, at: time, zone: tzinfo | None) -> tuple[date, int]:
     """The local (date, hour) in which `at` on `day` happens: later, if a DST gap skips it."""
     wall = datetime.combine(day, time(at.hour), tzinfo=zone)
     real = wall.astimezone(UTC).astimezone(zone)

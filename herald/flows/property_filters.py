@@ -56,10 +56,13 @@ def compare(actual: Any, operator: str, expected: Any) -> bool:
     if operator == "in":
         options = expected if isinstance(expected, list) else [expected]
         return any(compare(actual, "equals", option) for option in options)
-    a, b = _number(actual), _number(expected)
-    if a is None or b is None:
-        a, b = _text(actual), _text(expected)  # ISO dates compare correctly as text
-    return {"gt": a > b, "gte": a >= b, "lt": a < b, "lte": a <= b}[operator]
+    # Both numbers, or else both text: never one of each.
+    x: Any = _number(actual)
+    y: Any = _number(expected)
+    if x is None or y is None:
+        x, y = _text(actual), _text(expected)  # ISO dates compare correctly as text
+    outcomes: dict[str, bool] = {"gt": x > y, "gte": x >= y, "lt": x < y, "lte": x <= y}
+    return outcomes[operator]
 
 
 def _text(value: Any) -> str:

@@ -21,6 +21,7 @@ from herald.flows.graph import (
     Message,
     MetricCountCondition,
     MetricTrigger,
+    ProfileCondition,
     RandomSplit,
     SegmentCondition,
     SegmentTrigger,
@@ -47,7 +48,7 @@ def validate_definition(
     known_lists: set[str],
     known_segments: set[str] | None = None,
     draft_segments: frozenset[str] | set[str] = frozenset(),
-) -> list[dict]:
+) -> list[dict[str, str]]:
     """Every problem of `defn` as [{"field", "reason"}]; an empty list means it is valid.
 
     Fields name the step as `steps[<index>] (<step id>).<field>`. `known_segments` is None while
@@ -73,7 +74,7 @@ class _Check:
     ) -> None:
         self.defn = defn
         self.metrics, self.lists, self.segments = metrics, lists, segments
-        self.problems: list[dict] = []
+        self.problems: list[dict[str, str]] = []
         self.draft_segments: set[str] = set()
         # The first step of each id: what edges lead to (duplicates are reported, not followed).
         self.index_of: dict[str, int] = {}
@@ -105,7 +106,7 @@ class _Check:
         elif segment_id not in self.segments:
             self.add(field, f"no segment has id {segment_id!r}")
 
-    def condition(self, field: str, condition) -> None:
+    def condition(self, field: str, condition: ProfileCondition) -> None:
         if isinstance(condition, MetricCountCondition):
             self.metric(f"{field}.metric", condition.metric)
         elif isinstance(condition, ListCondition):

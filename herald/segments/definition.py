@@ -30,6 +30,7 @@ List (`in_list`), consent (`consent`; a channel never set is never_subscribed), 
 results (`journey`: see herald/analytics/journey.py) complete the language.
 """
 
+from collections.abc import Callable
 from datetime import date
 from typing import Annotated, Any, Literal
 
@@ -143,9 +144,11 @@ def _check_value(value_type: str, operator: str, value: Any) -> Any:
         return None
     if value is None:
         raise ValueError(f"operator {operator!r} needs a value")
-    scalar = {"text": _text_value, "number": _number_value, "date": _date_value}.get(
-        value_type, _text_value
-    )
+    scalar: Callable[[Any], Any] = {
+        "text": _text_value,
+        "number": _number_value,
+        "date": _date_value,
+    }.get(value_type, _text_value)
     if operator in ("in", "not_in"):
         if not isinstance(value, list) or not 1 <= len(value) <= MAX_LIST_VALUES:
             raise ValueError(f"must be a list of 1 to {MAX_LIST_VALUES} values")
@@ -300,7 +303,7 @@ class JourneyCondition(_Strict):
         return reason
 
     @model_validator(mode="after")
-    def _step(self):
+    def _step(self) -> "JourneyCondition":
         if self.step_id is None and self.result not in ("stopped", "blocked"):
             raise ValueError(f"step_id is required for result {self.result!r}")
         return self
@@ -324,7 +327,7 @@ class AnyOf(_Strict):
 class SegmentDefinition(_Strict):
     all_of: list[AnyOf] = Field(min_length=1, max_length=MAX_CONDITIONS)
 
-    def conditions(self) -> list:
+    def conditions(self) -> list[SegmentCondition]:
         return [c for group in self.all_of for c in group.any_of]
 
 
