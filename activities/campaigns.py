@@ -5,8 +5,9 @@ resolved here, page by page, with set-based SQL (herald/campaigns/audience.py), 
 decided, rendered and recorded in ONE transaction: one query for the page (each row with its
 consent, exit state, this message's earlier outcome, and the recent sends smart sending and caps
 need, all correlated index lookups), one multi-row insert of delivery rows, one of outbox rows
-and one update linking them. The policy is the deliver activity's (herald/delivery/policy.py:
-same rules, same order, same reason names), applied to a page.
+and one update linking them. The policy is the deliver activity's: both call
+herald/delivery/policy.py `decide`, this one with facts from the page query. Wave planning is
+pure and lives in herald/campaigns/waves.py.
 
 Exactly once: every row's idempotency key is `campaign:<campaign>:<message>:<profile>` (unique
 in `delivery`). A page holds its message's row lock (PostgreSQL; SQLite's BEGIN IMMEDIATE
@@ -27,8 +28,7 @@ Differences from the per-message `deliver` activity, by design:
 
 from collections import Counter
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
-from math import ceil
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -55,11 +55,9 @@ from activities.delivery import SUBJECT_MAX
 from herald.campaigns.audience import (
     audience_condition,
     campaign_audience,
-    campaign_zone,
     conversions,
     converted_since,
     count_of,
-    effective_zone,
     exit_metric_id,
     exit_recorded,
     segments_named,
@@ -74,10 +72,10 @@ from herald.campaigns.contract import (
     PageResult,
     PathSnapshot,
     PlanRequest,
-    Wave,
     WavePlan,
     path_workflow_id,
 )
+from herald.campaigns.waves import campaign_zone, effective_zone, idempotency_key, plan_waves
 from herald.core.clock import activity_now
 from herald.core.config import Settings
 from herald.core.db import session_scope
@@ -131,67 +129,6 @@ _MESSAGE_FROM = {
     "sent": ("draft", "scheduled", "sending"),
     "cancelled": ("draft", "scheduled", "sending"),
 }
-
-
-def idempotency_key(campaign_id: str, message_id: str, profile_id: str) -> str:
-    return f"campaign:{campaign_id}:{message_id}:{profile_id}"
-
-
-# ---- wave planning (pure) -----------------------------------------------------------------------
-
-
-def local_instant(send_at_local: str, zone: str, days: int = 0) -> datetime:
-    """A "YYYY-MM-DDTHH:MM" wall time in `zone` (plus whole days, as wall time) in UTC."""
-    wall = datetime.fromisoformat(send_at_local) + timedelta(days=days)
-    return wall.replace(tzinfo=ZoneInfo(zone)).astimezone(UTC)
-
-
-def staggered_waves(
-    at: datetime, count: int, percent: int | None, timezones: list[str] | None
-) -> list[Wave]:
-    """All at once, or `percent` of `count` recipients per hour (the last wave takes the rest)."""
-    if not percent:
-        return [Wave(at=at, timezones=timezones)]
-    waves = ceil(100 / percent)
-    size = -(-count * percent // 100)  # ceil without floats
-    return [
-        Wave(
-            at=at + timedelta(hours=k),
-            limit=None if k == waves - 1 else size,
-            timezones=timezones,
-        )
-        for k in range(waves)
-    ]
-
-
-def plan_waves(
-    settings: CampaignSettings,
-    message: MessageSnapshot,
-    now: datetime,
-    audience: int,
-    per_zone: Mapping[str, int] | None = None,
-) -> list[Wave]:
-    """The waves of a message, earliest first.
-
-    Fixed timezone: the send time in the campaign's zone. Local time: one wave per effective
-    recipient zone (`per_zone`: recipients per zone), at the send time's wall clock there; one
-    whose time has passed goes at `now` ("immediately") or a day later ("next_day").
-    Staggered messages split each of those into hourly waves.
-    """
-    if not settings.local_time:
-        at = local_instant(message.send_at_local, campaign_zone(settings))
-        return staggered_waves(at, audience, message.stagger_percent, None)
-    waves: list[Wave] = []
-    for zone, count in sorted((per_zone or {}).items()):
-        at = local_instant(message.send_at_local, zone)
-        if at < now:
-            if settings.past_time_policy == "next_day":
-                at = local_instant(message.send_at_local, zone, days=1)
-            else:
-                at = now
-        waves.extend(staggered_waves(at, count, message.stagger_percent, [zone]))
-    waves.sort(key=lambda w: (w.at, w.timezones or []))
-    return waves
 
 
 def _find_message(path: PathSnapshot, message_id: str) -> MessageSnapshot:

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import insert, select
 from temporalio.exceptions import ApplicationError
 
-from activities.campaigns import CampaignActivities, plan_waves
+from activities.campaigns import CampaignActivities
 from activities.delivery import DeliveryActivities
 from herald.campaigns.audience import campaign_audience, count_of, path_audience
 from herald.campaigns.contract import (
@@ -24,6 +24,7 @@ from herald.campaigns.contract import (
     PlanRequest,
     Wave,
 )
+from herald.campaigns.waves import plan_waves
 from herald.core.config import Settings
 from herald.core.db import session_scope
 from herald.core.ids import new_id

@@ -28,6 +28,7 @@ MUST_BE_PURE = (
     "herald.flows.schedule",
     "herald.flows.property_filters",
     "herald.campaigns.contract",
+    "herald.campaigns.waves",
     "herald.delivery.policy",
     "herald.delivery.templates",
     "herald.segments.definition",

@@ -15,12 +15,11 @@ rather than sending to a different audience than the one the marketer chose.
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from functools import lru_cache
-from zoneinfo import available_timezones
 
 from sqlalchemy import ColumnElement, Select, and_, exists, false, func, not_, or_, select
 
 from herald.campaigns.contract import CampaignSettings, PathSnapshot
+from herald.campaigns.waves import valid_zones
 from models.campaigns import CampaignExit
 from models.events import Event, Metric
 from models.lists import ListMembership
@@ -34,26 +33,6 @@ _metric = Metric.__table__
 
 
 # ---- timezones ----------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=1)
-def valid_zones() -> frozenset[str]:
-    """The IANA zone names a recipient's timezone may have; anything else is "unknown"."""
-    return frozenset(available_timezones())
-
-
-def campaign_zone(settings: CampaignSettings) -> str:
-    """The campaign's timezone, or UTC when it is not a known zone."""
-    return settings.timezone if settings.timezone in valid_zones() else "UTC"
-
-
-def effective_zone(profile_zone: str | None, fallback: str) -> str:
-    """A recipient's timezone for local-time sends: its own when known, else the campaign's.
-
-    "Known" is membership of `available_timezones()`, so the SQL filter of a local-time wave
-    (`timezone_condition`) and this function always put a profile in the same wave.
-    """
-    return profile_zone if profile_zone in valid_zones() else fallback
 
 
 def timezone_condition(zones: Sequence[str], fallback: str) -> ColumnElement[bool]:
