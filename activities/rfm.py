@@ -1,4 +1,4 @@
-"""The RFM analysis activity: one run of herald/analytics/rfm.py in one transaction.
+"""The RFM analysis activity: one run of herald/analytics/rfm_run.py in one transaction.
 
 The workflow passes the time the schedule fired for, so every attempt scores as of the same
 moment. A retry after a commit whose result was lost finds the run already stored for that
@@ -16,7 +16,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from herald.analytics.contract import INVALID_RFM_INPUT
-from herald.analytics.rfm import run_rfm
+from herald.analytics.rfm_run import run_rfm
 from herald.core.clock import activity_now
 from herald.core.db import session_scope
 from models.segments import RfmRun

@@ -44,7 +44,7 @@ from common import log, percentile, pick_backends, print_checks, save
 from sqlalchemy import Table, delete, insert, select, text
 from sqlalchemy.engine import Connection, Engine
 
-from herald.analytics.rfm import run_rfm
+from herald.analytics.rfm_run import run_rfm
 from herald.cli.migrate import upgrade
 from herald.core.db import make_engine, session_scope
 from herald.ingest.events import MetricDirectory, ingest

@@ -29,6 +29,7 @@ MUST_BE_PURE = (
     "herald.flows.property_filters",
     "herald.campaigns.contract",
     "herald.campaigns.waves",
+    "herald.analytics.rfm_scoring",
     "herald.delivery.policy",
     "herald.delivery.templates",
     "herald.segments.definition",

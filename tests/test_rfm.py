@@ -17,9 +17,10 @@ from sqlalchemy import insert
 from temporalio.client import ScheduleOverlapPolicy, ScheduleRange, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
-from herald.analytics import rfm as rfm_module
+from herald.analytics import rfm_run as rfm_module
 from herald.analytics.contract import INVALID_RFM_INPUT
-from herald.analytics.rfm import CustomerOrders, rfm_group, run_rfm, score_customers, terciles
+from herald.analytics.rfm_run import run_rfm
+from herald.analytics.rfm_scoring import CustomerOrders, rfm_group, score_customers, terciles
 from herald.core.config import Settings
 from herald.core.db import session_scope
 from herald.core.search_attributes import KIND
@@ -35,7 +36,7 @@ AS_OF = datetime(2025, 6, 1, 3, 0, tzinfo=UTC)
 SECOND_DAY = AS_OF + timedelta(days=1)
 PER_COMBO = 22
 
-# The table in herald/analytics/rfm.py, written out for every score: (R, F, M) -> group.
+# The table in herald/analytics/rfm_scoring.py, written out for every score: (R, F, M) -> group.
 EXPECTED_GROUP = {
     (r, f, m): {
         3: {"high": "Champions", "mid": "Loyal", "low": "Recent"},

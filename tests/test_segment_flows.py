@@ -250,7 +250,7 @@ def seed_order_history(world, now, customers: int = 600, days: int = 200) -> lis
 
 
 async def run_rfm(world) -> dict:
-    from herald.analytics.rfm import run_rfm as rfm
+    from herald.analytics.rfm_run import run_rfm as rfm
 
     with session_scope(world.db.engine) as session:
         outcome = rfm(session, await world.now())

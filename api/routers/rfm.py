@@ -16,7 +16,7 @@ from sqlalchemy import select
 from api.deps import EngineDep, PrivateKey
 from api.errors import ApiError
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
-from herald.analytics.rfm import COMPLETED, run_rfm
+from herald.analytics.rfm_run import COMPLETED, run_rfm
 from herald.core.db import session_scope
 from models.segments import RfmRun
 from models.types import utcnow
