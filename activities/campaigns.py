@@ -64,6 +64,7 @@ from herald.campaigns.audience import (
     timezone_condition,
 )
 from herald.campaigns.contract import (
+    CampaignActivitiesContract,
     CampaignSettings,
     CampaignSnapshot,
     FinishRequest,
@@ -211,7 +212,7 @@ class _PageFacts:
         return quiet_hours_end(self.now, zone, self.quiet_start, self.quiet_end)
 
 
-class CampaignActivities:
+class CampaignActivities(CampaignActivitiesContract):
     """The campaign sending activities; the worker wires the engine, settings and providers."""
 
     def __init__(

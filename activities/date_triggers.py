@@ -32,6 +32,7 @@ from activities.flow_routing import Effects, FlowRoutingHandler
 from herald.core.db import session_scope
 from herald.flows.contract import TriggerContext
 from herald.flows.date_triggers import (
+    DateTriggerActivitiesContract,
     DateTriggerCounts,
     is_due,
     parse_date_value,
@@ -63,7 +64,7 @@ def _heartbeat(*details: Any) -> None:
         activity.heartbeat(*details)
 
 
-class DateTriggerActivities:
+class DateTriggerActivities(DateTriggerActivitiesContract):
     def __init__(
         self, engine: Engine, handler: FlowRoutingHandler, page_size: int = PAGE_SIZE
     ) -> None:

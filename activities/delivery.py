@@ -29,6 +29,7 @@ from herald.delivery.channels import (
     ProviderRejected,
     providers_for,
 )
+from herald.delivery.contract import DeliveryActivitiesContract
 from herald.delivery.policy import (
     DAY,
     QUIET_HOURS_CHANNELS,
@@ -90,7 +91,7 @@ def flow_exited(session: Session, workflow_id: str) -> bool:
     return row is None or row.exit_reason is not None or row.status != "running"
 
 
-class DeliveryActivities:
+class DeliveryActivities(DeliveryActivitiesContract):
     """The shared delivery pipeline; the worker wires the engine, settings and providers."""
 
     def __init__(

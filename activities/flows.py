@@ -22,6 +22,7 @@ from herald.flows.steps import (
     ActionRequest,
     CloseRequest,
     ConditionRequest,
+    FlowActivitiesContract,
     GateRequest,
     StepReason,
     StepRecord,
@@ -75,7 +76,7 @@ def _reason_and_detail(record: StepRecord) -> dict:
     return {"reason": reason[:REASON_MAX], "detail": {**record.detail, "reason": reason}}
 
 
-class FlowActivities:
+class FlowActivities(FlowActivitiesContract):
     def __init__(self, engine) -> None:
         self.engine = engine
 

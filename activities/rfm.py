@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from herald.analytics.contract import INVALID_RFM_INPUT
+from herald.analytics.contract import INVALID_RFM_INPUT, RfmActivitiesContract
 from herald.analytics.rfm_run import run_rfm
 from herald.core.clock import activity_now
 from herald.core.db import session_scope
@@ -45,7 +45,7 @@ def summary(run: RfmRun) -> dict[str, Any]:
     }
 
 
-class RfmActivities:
+class RfmActivities(RfmActivitiesContract):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 

@@ -24,7 +24,13 @@ from temporalio.exceptions import CancelledError
 
 from herald.core.config import get_settings
 from herald.core.db import is_transient, session_scope, statement_budget
-from herald.routing.contract import RoutedItem, RoutingHandler, describe, park
+from herald.routing.contract import (
+    RoutedItem,
+    RouterActivitiesContract,
+    RoutingHandler,
+    describe,
+    park,
+)
 from models.enums import OutboxKind
 from models.events import Event, Metric
 from models.routing import RoutingOutbox
@@ -75,7 +81,7 @@ class BatchFailed(Exception):
         self.ids, self.stage, self.cause = ids, stage, cause
 
 
-class RouterActivities:
+class RouterActivities(RouterActivitiesContract):
     def __init__(
         self,
         engine: Engine,

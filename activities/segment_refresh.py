@@ -6,11 +6,11 @@ from sqlalchemy.engine import Engine
 from temporalio import activity
 
 from herald.core.db import session_scope
-from herald.segments.contract import SegmentRefreshCounts
+from herald.segments.contract import SegmentRefreshActivitiesContract, SegmentRefreshCounts
 from herald.segments.membership import refresh_dependents
 
 
-class SegmentRefreshActivities:
+class SegmentRefreshActivities(SegmentRefreshActivitiesContract):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 

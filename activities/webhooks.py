@@ -40,6 +40,7 @@ from herald.delivery.channels import (
     ProviderUnavailable,
     SmtpProvider,
 )
+from herald.delivery.contract import WebhookActivitiesContract
 from herald.delivery.url_safety import UnsafeUrl, check_url
 from herald.flows.steps import StepReason
 from models.enums import Channel
@@ -56,7 +57,7 @@ _RESERVED_HEADERS = frozenset(
 )
 
 
-class WebhookActivities:
+class WebhookActivities(WebhookActivitiesContract):
     """`verify` is the TLS verification setting for httpx (tests pass a context with their CA)."""
 
     def __init__(self, settings: Settings, verify: ssl.SSLContext | bool = True):

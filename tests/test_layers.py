@@ -36,8 +36,7 @@ MUST_BE_PURE = (
     "herald.profiles.normalize",
     "herald.ingest.catalogue",
 )
-# models/ holds tables and DTOs: SQLModel is its job, not a sign of impurity for its importers'
-# purposes only where it is just enums and column types.
+# Enums and column types: pure for their importers although models.types names SQL types.
 PURE_MODELS = ("models.enums", "models.types")
 
 
@@ -101,9 +100,9 @@ def impurity(module: str) -> str | None:
         target = local(name)
         if target is None or target == module or target in PURE_MODELS:
             continue
-        if under(target, "models", "activities", "api", "workflows") or target == "worker":
+        if under(target, "activities", "api", "workflows") or target == "worker":
             return where
-        if under(target, "herald"):
+        if under(target, "herald", "models"):  # a DTO module is pure when what it imports is
             deeper = impurity(target)
             if deeper:
                 return f"{where}, and {deeper}"

@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
         PATH_WORKFLOW,
         QUERY_STATE,
         SIGNAL_EXITS,
+        CampaignActivitiesContract,
         CampaignSnapshot,
         FinishRequest,
         MessageProgress,
@@ -29,7 +30,6 @@ with workflow.unsafe.imports_passed_through():
         PageResult,
         PathRun,
         PlanRequest,
-        WavePlan,
         path_workflow_id,
     )
     from herald.core import search_attributes as sa
@@ -51,8 +51,8 @@ class CampaignWorkflow:
     @workflow.run
     async def run(self, snapshot: CampaignSnapshot) -> str:
         settings = snapshot.settings
-        audience = await workflow.execute_activity(
-            "count_campaign_audience", snapshot, result_type=int, **_ACTIVITY
+        audience = await workflow.execute_activity_method(
+            CampaignActivitiesContract.count_campaign_audience, snapshot, **_ACTIVITY
         )
         if audience == 0:
             await self._finish(settings.campaign_id, "cancelled", "no_recipients")
@@ -83,8 +83,8 @@ class CampaignWorkflow:
         return "sent"
 
     async def _finish(self, campaign_id: str, status: str, reason: str | None) -> None:
-        await workflow.execute_activity(
-            "finish_campaign",
+        await workflow.execute_activity_method(
+            CampaignActivitiesContract.finish_campaign,
             FinishRequest(campaign_id=campaign_id, status=status, reason=reason),
             **_ACTIVITY,
         )
@@ -121,8 +121,8 @@ class CampaignPathWorkflow:
             message = messages[state.message_index]
             progress = state.progress[state.message_index]
             if state.plan is None:
-                state.plan = await workflow.execute_activity(
-                    "plan_message",
+                state.plan = await workflow.execute_activity_method(
+                    CampaignActivitiesContract.plan_message,
                     PlanRequest(
                         settings=state.settings,
                         path=state.path,
@@ -130,7 +130,6 @@ class CampaignPathWorkflow:
                         message_id=message.id,
                         now=workflow.now(),
                     ),
-                    result_type=WavePlan,
                     **_ACTIVITY,
                 )
                 progress.audience = state.plan.audience
@@ -145,8 +144,8 @@ class CampaignPathWorkflow:
                 while not done:
                     if self._should_continue():
                         workflow.continue_as_new(state)
-                    page: PageResult = await workflow.execute_activity(
-                        "send_page",
+                    page: PageResult = await workflow.execute_activity_method(
+                        CampaignActivitiesContract.send_page,
                         PageRequest(
                             settings=state.settings,
                             path=state.path,
@@ -157,7 +156,6 @@ class CampaignPathWorkflow:
                             sent_in_wave=state.sent_in_wave,
                             now=workflow.now(),
                         ),
-                        result_type=PageResult,
                         **_ACTIVITY,
                     )
                     self.pages_this_run += 1
@@ -174,8 +172,8 @@ class CampaignPathWorkflow:
                     # waves go on from where the previous one stopped.
                     state.cursor = None
             progress.state = "sent"
-            await workflow.execute_activity(
-                "mark_message",
+            await workflow.execute_activity_method(
+                CampaignActivitiesContract.mark_message,
                 FinishRequest(
                     campaign_id=state.settings.campaign_id, message_id=message.id, status="sent"
                 ),

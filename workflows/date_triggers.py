@@ -22,7 +22,7 @@ from workflows.schedules import ensure_schedule, scheduled_time
 
 with workflow.unsafe.imports_passed_through():
     from herald.core.config import Settings
-    from herald.flows.date_triggers import DateTriggerCounts
+    from herald.flows.date_triggers import DateTriggerActivitiesContract, DateTriggerCounts
 
 DATE_TRIGGER_SCHEDULE_ID = "herald-date-triggers"
 # The schedule appends the scheduled time to this ID for each run.
@@ -39,10 +39,9 @@ RUN_TIMEOUT = timedelta(minutes=55)
 class DateTriggerWorkflow:
     @workflow.run
     async def run(self) -> DateTriggerCounts:
-        return await workflow.execute_activity(
-            "enrol_date_triggers",
+        return await workflow.execute_activity_method(
+            DateTriggerActivitiesContract.enrol_date_triggers,
             scheduled_time(),
-            result_type=DateTriggerCounts,
             start_to_close_timeout=timedelta(minutes=10),
             schedule_to_close_timeout=ACTIVITY_DEADLINE,
             heartbeat_timeout=timedelta(minutes=2),

@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
 
     from herald.core import search_attributes as sa
     from herald.core.activity_failures import error_message, is_permanent
+    from herald.delivery.contract import DeliveryActivitiesContract, WebhookActivitiesContract
     from herald.flows.contract import (
         QUERY_STATE,
         SIGNAL_APPROVE,
@@ -54,12 +55,12 @@ with workflow.unsafe.imports_passed_through():
         ActionRequest,
         CloseRequest,
         ConditionRequest,
+        FlowActivitiesContract,
         GateRequest,
         StepReason,
         StepRecord,
     )
-    from models.delivery_dto import DeliveryRequest, DeliveryResult
-    from models.webhook_dto import InternalAlertCall, WebhookCall, WebhookResult
+    from models.delivery_dto import DeliveryRequest
 
 _LOCAL = {"start_to_close_timeout": timedelta(seconds=30)}
 # Runs cancelled before this patch simply ended; since, a cancelled run closes its enrollment.
@@ -173,13 +174,17 @@ class FlowEnrollmentWorkflow:
             records=self._take_records(),
         )
         try:
-            await workflow.execute_local_activity("close_enrollment", request, **_LOCAL)
+            await workflow.execute_local_activity_method(
+                FlowActivitiesContract.close_enrollment, request, **_LOCAL
+            )
         except _ACTIVITY_FAILURES as error:
             if not request.records or not is_permanent(error) or is_cancelled_exception(error):
                 raise
             self._failed(self.current_step or "entry", "timeline", error)
             request.records = self._take_records()
-            await workflow.execute_local_activity("close_enrollment", request, **_LOCAL)
+            await workflow.execute_local_activity_method(
+                FlowActivitiesContract.close_enrollment, request, **_LOCAL
+            )
 
     async def _run_step(self, step) -> str | None:
         """Runs one step; returns the next step's id, or None when the walk ends here."""
@@ -198,7 +203,7 @@ class FlowEnrollmentWorkflow:
             case RandomSplit():
                 return self._random_split(step)
             case UpdateProfile() | ListAction():
-                await self._action(step, "apply_profile_action")
+                await self._action(step, FlowActivitiesContract.apply_profile_action)
                 return step.next
             case WebhookStep() | InternalAlert():
                 await self._webhook(step)
@@ -218,13 +223,12 @@ class FlowEnrollmentWorkflow:
     async def _conditional_split(self, step: ConditionalSplit) -> str | None:
         holds = await self._local(
             step,
-            "evaluate_conditions",
+            FlowActivitiesContract.evaluate_conditions,
             ConditionRequest(
                 profile_id=self.input.profile_id,
                 conditions=step.conditions,
                 records=self._take_records(),
             ),
-            bool,
         )
         if holds is _FAILED:  # no branch can be chosen: the enrollment ends, failed
             self.exit_reason = self.exit_reason or _FAILED_EXIT
@@ -287,7 +291,7 @@ class FlowEnrollmentWorkflow:
         wid = workflow.info().workflow_id
         gate = await self._local(
             step,
-            "prepare_message",
+            FlowActivitiesContract.prepare_message,
             GateRequest(
                 workflow_id=wid,
                 flow_id=self.input.flow_id,
@@ -298,7 +302,6 @@ class FlowEnrollmentWorkflow:
                 at=workflow.now(),
                 records=self._take_records(),
             ),
-            str,
         )
         if gate is _FAILED:
             return
@@ -332,10 +335,9 @@ class FlowEnrollmentWorkflow:
         )
         while True:
             try:
-                result = await workflow.execute_activity(
-                    "deliver",
+                result = await workflow.execute_activity_method(
+                    DeliveryActivitiesContract.deliver,
                     request,
-                    result_type=DeliveryResult,
                     # One message: seconds at most. Short, so one lost with its worker is
                     # retried soon.
                     start_to_close_timeout=timedelta(seconds=30),
@@ -377,7 +379,7 @@ class FlowEnrollmentWorkflow:
             except TimeoutError:
                 decision = await self._local(
                     step,
-                    "review_decision",
+                    FlowActivitiesContract.review_decision,
                     GateRequest(
                         workflow_id=workflow.info().workflow_id,
                         flow_id=self.input.flow_id,
@@ -387,7 +389,6 @@ class FlowEnrollmentWorkflow:
                         message_status=step.status,
                         at=workflow.now(),
                     ),
-                    str,
                     record_failure=False,  # asked again in a few hours
                 )
                 if decision in ("approved", "rejected"):
@@ -396,7 +397,7 @@ class FlowEnrollmentWorkflow:
                     self.exit_reason = self.exit_reason or "operator"
         self.waiting_for = None
 
-    async def _action(self, step, activity: str) -> None:
+    async def _action(self, step, activity) -> None:
         outcome = await self._local(
             step,
             activity,
@@ -409,7 +410,6 @@ class FlowEnrollmentWorkflow:
                 flow_name=self.input.flow_name,
                 records=self._take_records(),
             ),
-            str,
         )
         if outcome is _FAILED:
             return
@@ -423,7 +423,7 @@ class FlowEnrollmentWorkflow:
         is_webhook = isinstance(step, WebhookStep)
         call = await self._local(
             step,
-            "prepare_webhook",
+            FlowActivitiesContract.prepare_webhook,
             ActionRequest(
                 workflow_id=wid,
                 profile_id=self.input.profile_id,
@@ -433,17 +433,20 @@ class FlowEnrollmentWorkflow:
                 flow_name=self.input.flow_name,
                 records=self._take_records(),
             ),
-            WebhookCall if is_webhook else InternalAlertCall,
         )
         if call is _FAILED:
             return
         # Retries may take up to a day: show operators (and tests) what the run waits for.
         self.waiting_for = "webhook"
         try:
-            result = await workflow.execute_activity(
-                "call_webhook" if is_webhook else "send_internal_alert",
+            send = (
+                WebhookActivitiesContract.call_webhook
+                if is_webhook
+                else WebhookActivitiesContract.send_internal_alert
+            )
+            result = await workflow.execute_activity_method(
+                send,
                 call,
-                result_type=WebhookResult,
                 schedule_to_close_timeout=WEBHOOK_SCHEDULE_TO_CLOSE,
                 start_to_close_timeout=WEBHOOK_START_TO_CLOSE,
                 retry_policy=WEBHOOK_RETRY,
@@ -501,8 +504,8 @@ class FlowEnrollmentWorkflow:
         if not self.records:
             return
         try:
-            await workflow.execute_local_activity(
-                "record_steps",
+            await workflow.execute_local_activity_method(
+                FlowActivitiesContract.record_steps,
                 CloseRequest(
                     workflow_id=workflow.info().workflow_id,
                     status="running",
@@ -518,13 +521,11 @@ class FlowEnrollmentWorkflow:
             # The lines that could not be written are gone; the failure itself is written next.
             self._failed(self.current_step or "entry", "timeline", error)
 
-    async def _local(self, step, activity: str, arg, result_type=None, record_failure=True):
+    async def _local(self, step, activity, arg, record_failure=True):
         """A local activity of `step`; `_FAILED` when it failed for good (recorded, unless
         told not to), so the walk can go on instead of retrying a permanent error for ever."""
         try:
-            return await workflow.execute_local_activity(
-                activity, arg, result_type=result_type, **_LOCAL
-            )
+            return await workflow.execute_local_activity_method(activity, arg, **_LOCAL)
         except _ACTIVITY_FAILURES as error:
             if not is_permanent(error):
                 raise

@@ -21,7 +21,7 @@ from workflows.policies import RFM_RETRY
 from workflows.schedules import ensure_schedule, scheduled_time
 
 with workflow.unsafe.imports_passed_through():
-    from herald.analytics.contract import INVALID_RFM_INPUT
+    from herald.analytics.contract import INVALID_RFM_INPUT, RfmActivitiesContract
     from herald.core.config import Settings
 
 RFM_SCHEDULE_ID = "herald-rfm"
@@ -50,10 +50,9 @@ class RfmWorkflow:
                     type=INVALID_RFM_INPUT,
                     non_retryable=True,
                 ) from exc
-        return await workflow.execute_activity(
-            "run_rfm_analysis",
+        return await workflow.execute_activity_method(
+            RfmActivitiesContract.run_rfm_analysis,
             as_of_iso,
-            result_type=dict,
             start_to_close_timeout=timedelta(minutes=30),
             schedule_to_close_timeout=ACTIVITY_DEADLINE,
             retry_policy=RFM_RETRY,

@@ -5,6 +5,9 @@ from datetime import timedelta
 
 from temporalio import workflow
 
+with workflow.unsafe.imports_passed_through():
+    from herald.routing.contract import RouterActivitiesContract
+
 from workflows.policies import ROUTER_RETRY
 
 ROUTER_WORKFLOW_ID = "herald/router"
@@ -30,9 +33,8 @@ class EventRouterWorkflow:
     async def run(self, state: RouterState) -> None:
         self.state = state
         while True:
-            routed = await workflow.execute_activity(
-                "route_pending",
-                result_type=int,
+            routed = await workflow.execute_activity_method(
+                RouterActivitiesContract.route_pending,
                 start_to_close_timeout=timedelta(minutes=2),
                 heartbeat_timeout=timedelta(seconds=10),
                 # Routing must never give up: a database outage is retried until it ends.

@@ -22,7 +22,7 @@ from workflows.schedules import ensure_schedule, scheduled_time
 
 with workflow.unsafe.imports_passed_through():
     from herald.core.config import Settings
-    from herald.segments.contract import SegmentRefreshCounts
+    from herald.segments.contract import SegmentRefreshActivitiesContract, SegmentRefreshCounts
 
 SEGMENT_REFRESH_SCHEDULE_ID = "herald-segment-refresh"
 SEGMENT_REFRESH_WORKFLOW_ID = "herald/segment-refresh"
@@ -34,10 +34,9 @@ RUN_TIMEOUT = timedelta(minutes=14)
 class SegmentRefreshWorkflow:
     @workflow.run
     async def run(self) -> SegmentRefreshCounts:
-        return await workflow.execute_activity(
-            "refresh_time_relative_segments",
+        return await workflow.execute_activity_method(
+            SegmentRefreshActivitiesContract.refresh_time_relative_segments,
             scheduled_time(),
-            result_type=SegmentRefreshCounts,
             start_to_close_timeout=timedelta(minutes=10),
             schedule_to_close_timeout=timedelta(minutes=13),
             retry_policy=SCHEDULED_JOB_RETRY,

@@ -8,6 +8,7 @@ return counts and a cursor (the last profile id sent), so payloads stay small at
 from datetime import datetime
 
 from pydantic import BaseModel, Field
+from temporalio import activity
 
 from herald.flows.graph import MessageContent
 from models.enums import Channel
@@ -141,3 +142,29 @@ class FinishRequest(BaseModel):
     status: str  # campaign: sent | cancelled; message: sending | sent | cancelled
     reason: str | None = None  # e.g. no_recipients
     message_id: str | None = None
+
+
+# Workflows call these by method reference (names and result types come from here); the
+# implementing class in activities/ subclasses it and decorates its methods with the same names.
+class CampaignActivitiesContract:
+    """activities/campaigns.py"""
+
+    @activity.defn(name="count_campaign_audience")
+    def count_campaign_audience(self, snapshot: CampaignSnapshot) -> int:
+        raise NotImplementedError
+
+    @activity.defn(name="plan_message")
+    def plan_message(self, req: PlanRequest) -> WavePlan:
+        raise NotImplementedError
+
+    @activity.defn(name="send_page")
+    def send_page(self, req: PageRequest) -> PageResult:
+        raise NotImplementedError
+
+    @activity.defn(name="finish_campaign")
+    def finish_campaign(self, req: FinishRequest) -> None:
+        raise NotImplementedError
+
+    @activity.defn(name="mark_message")
+    def mark_message(self, req: FinishRequest) -> None:
+        raise NotImplementedError

@@ -8,6 +8,8 @@ from datetime import UTC, date, datetime, time, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from temporalio import activity
+
 from herald.flows.graph import DatePropertyTrigger
 from herald.flows.property_filters import MISSING, lookup
 
@@ -89,3 +91,13 @@ def property_value(properties: dict[str, Any], path: str) -> Any:
     """A key of `properties`, or a dotted path into it (a literal key with dots wins)."""
     value = lookup(properties, path)
     return None if value is MISSING else value
+
+
+# Workflows call these by method reference (names and result types come from here); the
+# implementing class in activities/ subclasses it and decorates its methods with the same names.
+class DateTriggerActivitiesContract:
+    """activities/date_triggers.py"""
+
+    @activity.defn(name="enrol_date_triggers")
+    def enrol_date_triggers(self, now: datetime) -> DateTriggerCounts:
+        raise NotImplementedError

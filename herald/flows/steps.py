@@ -5,10 +5,12 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
+from temporalio import activity
 
 from herald.flows.contract import TriggerContext
 from herald.flows.graph import ProfileCondition, Step
 from models.enums import Channel
+from models.webhook_dto import InternalAlertCall, WebhookCall
 
 # enrollment_step.reason and delivery.reason are this long: codes, never free text.
 REASON_MAX = 60
@@ -82,3 +84,37 @@ class ActionRequest(BaseModel):
     flow_id: str
     flow_name: str
     records: list[StepRecord] = Field(default_factory=list)
+
+
+# Workflows call these by method reference (names and result types come from here); the
+# implementing class in activities/ subclasses it and decorates its methods with the same names.
+class FlowActivitiesContract:
+    """The local activities of the enrollment workflow (activities/flows.py)."""
+
+    @activity.defn(name="record_steps")
+    def record_steps(self, request: CloseRequest) -> None:
+        raise NotImplementedError
+
+    @activity.defn(name="close_enrollment")
+    def close_enrollment(self, request: CloseRequest) -> None:
+        raise NotImplementedError
+
+    @activity.defn(name="evaluate_conditions")
+    def evaluate_conditions(self, request: ConditionRequest) -> bool:
+        raise NotImplementedError
+
+    @activity.defn(name="prepare_message")
+    def prepare_message(self, request: GateRequest) -> str:
+        raise NotImplementedError
+
+    @activity.defn(name="review_decision")
+    def review_decision(self, request: GateRequest) -> str:
+        raise NotImplementedError
+
+    @activity.defn(name="apply_profile_action")
+    def apply_profile_action(self, request: ActionRequest) -> str:
+        raise NotImplementedError
+
+    @activity.defn(name="prepare_webhook")
+    def prepare_webhook(self, request: ActionRequest) -> WebhookCall | InternalAlertCall:
+        raise NotImplementedError

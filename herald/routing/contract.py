@@ -138,3 +138,13 @@ def requeue(session: Session, dead_letter_id: int) -> int | None:
 
 def dead_letter_count(session: Session) -> int:
     return session.execute(select(func.count()).select_from(RoutingDeadLetter)).scalar_one()
+
+
+# Workflows call these by method reference (names and result types come from here); the
+# implementing class in activities/ subclasses it and decorates its methods with the same names.
+class RouterActivitiesContract:
+    """activities/routing.py"""
+
+    @activity.defn(name="route_pending")
+    def route_pending(self) -> int:
+        raise NotImplementedError
