@@ -14,13 +14,13 @@ from datetime import datetime
 from typing import Annotated
 
 import structlog
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy import and_, func, or_, select
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import EngineDep, PrivateKey
+from api.deps import EngineDep, require_private_key
 from api.errors import ApiError, invalid, not_found
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
 from api.temporal_link import TEMPORAL_HEADER, TemporalLink, stop_enrollments
@@ -47,7 +47,7 @@ from models.flow_dto import (
 from models.flows import EnrollmentStep, Flow, FlowEnrollment, FlowVersion, ReviewItem
 from models.types import utcnow
 
-router = APIRouter(tags=["enrollments"])
+router = APIRouter(tags=["enrollments"], dependencies=[Depends(require_private_key)])
 log = structlog.get_logger("herald.api")
 
 # How long the API waits for Temporal on behalf of an operator before falling back to the DB.
@@ -150,7 +150,6 @@ def _after_enrollment(cursor: str | None):
 def list_enrollments(
     flow_id: str,
     engine: EngineDep,
-    _key: PrivateKey,
     status: EnrollmentStatus | None = None,
     step: Annotated[str | None, Query(description="current step id")] = None,
     profile_id: str | None = None,
@@ -200,9 +199,7 @@ def _enrollment_with_timeline(engine, workflow_id: str) -> EnrollmentDetail:
     "/v1/enrollments/{workflow_id:path}",
     summary="One enrollment: its row, timeline and (while running) the workflow's live state",
 )
-async def get_enrollment(
-    workflow_id: str, request: Request, engine: EngineDep, _key: PrivateKey
-) -> EnrollmentDetail:
+async def get_enrollment(workflow_id: str, request: Request, engine: EngineDep) -> EnrollmentDetail:
     detail = await run_in_threadpool(_enrollment_with_timeline, engine, workflow_id)
     if detail.status == "running":
         detail.live = await _live_state(request.app.state.temporal, workflow_id)
@@ -233,7 +230,7 @@ def _cancel(engine, workflow_id: str) -> EnrollmentPublic:
     "then cancels the workflow (terminating it if it does not stop within five minutes).",
 )
 async def cancel_enrollment(
-    workflow_id: str, request: Request, response: Response, engine: EngineDep, _key: PrivateKey
+    workflow_id: str, request: Request, response: Response, engine: EngineDep
 ) -> EnrollmentPublic:
     cancelled = await run_in_threadpool(_cancel, engine, workflow_id)
     response.headers[TEMPORAL_HEADER] = await stop_enrollments(
@@ -249,7 +246,6 @@ async def cancel_enrollment(
 def list_review_queue(
     flow_id: str,
     engine: EngineDep,
-    _key: PrivateKey,
     status: ReviewStatus = "pending",
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
@@ -307,15 +303,13 @@ async def _decide_and_signal(
 
 @router.post("/v1/review-queue/{item_id}/approve", summary="Approve a queued message: it sends")
 async def approve_review_item(
-    item_id: str, request: Request, engine: EngineDep, _key: PrivateKey
+    item_id: str, request: Request, engine: EngineDep
 ) -> ReviewItemPublic:
     return await _decide_and_signal(request, engine, item_id, "approved", SIGNAL_APPROVE)
 
 
 @router.post("/v1/review-queue/{item_id}/reject", summary="Reject a queued message: it is skipped")
-async def reject_review_item(
-    item_id: str, request: Request, engine: EngineDep, _key: PrivateKey
-) -> ReviewItemPublic:
+async def reject_review_item(item_id: str, request: Request, engine: EngineDep) -> ReviewItemPublic:
     return await _decide_and_signal(request, engine, item_id, "rejected", SIGNAL_REJECT)
 
 
@@ -325,7 +319,7 @@ _UNSPECIFIED = "unspecified"
 
 
 @router.get("/v1/flows/{flow_id}/report", summary="Per-step counts over all versions")
-def flow_report(flow_id: str, engine: EngineDep, _key: PrivateKey) -> FlowReport:
+def flow_report(flow_id: str, engine: EngineDep) -> FlowReport:
     s = EnrollmentStep.__table__.c
     d = Delivery.__table__.c
     with session_scope(engine) as session:

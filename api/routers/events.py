@@ -2,11 +2,11 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Request, status
+from fastapi import APIRouter, Body, Depends, Query, Request, status
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
-from api.deps import EngineDep, IngestKey, PrivateKey
+from api.deps import EngineDep, require_ingest_key, require_private_key
 from api.errors import ApiError, invalid
 from api.event_batches import batch_response, validate_items
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
@@ -29,8 +29,9 @@ router = APIRouter(tags=["events"])
     "/v1/events",
     status_code=status.HTTP_202_ACCEPTED,
     summary="Record one event (idempotent on profile + metric + unique_id)",
+    dependencies=[Depends(require_ingest_key)],
 )
-async def create_event(body: EventIn, request: Request, _key: IngestKey) -> EventAccepted:
+async def create_event(body: EventIn, request: Request) -> EventAccepted:
     [result] = await request.app.state.ingest.submit([body], "api")
     return EventAccepted(
         status="duplicate" if result.duplicate else "accepted",
@@ -44,10 +45,10 @@ async def create_event(body: EventIn, request: Request, _key: IngestKey) -> Even
     status_code=status.HTTP_202_ACCEPTED,
     summary="Record up to 1,000 events; valid ones are stored, invalid ones reported per item",
     response_model=BatchResult,
+    dependencies=[Depends(require_ingest_key)],
 )
 async def create_events_batch(
     request: Request,
-    _key: IngestKey,
     events: Annotated[list[Any], Body(embed=True, description="up to 1,000 events")],
 ):
     if not events:
@@ -67,10 +68,13 @@ async def create_events_batch(
     return JSONResponse(result.model_dump(mode="json"), status_code=202)
 
 
-@router.get("/v1/events", summary="Stored events, newest first")
+@router.get(
+    "/v1/events",
+    summary="Stored events, newest first",
+    dependencies=[Depends(require_private_key)],
+)
 def list_events(
     engine: EngineDep,
-    _key: PrivateKey,
     profile_id: Annotated[str | None, Query()] = None,
     metric: Annotated[str | None, Query(description="metric name")] = None,
     limit: LimitQuery = 50,
@@ -99,8 +103,12 @@ def list_events(
     )
 
 
-@router.get("/v1/metrics", summary="Known metrics: the built-in catalogue and custom ones")
-def list_metrics(engine: EngineDep, _key: PrivateKey) -> list[MetricPublic]:
+@router.get(
+    "/v1/metrics",
+    summary="Known metrics: the built-in catalogue and custom ones",
+    dependencies=[Depends(require_private_key)],
+)
+def list_metrics(engine: EngineDep) -> list[MetricPublic]:
     with session_scope(engine) as session:
         rows = session.scalars(select(Metric).order_by(Metric.builtin.desc(), Metric.name))
         return [MetricPublic.model_validate(m.model_dump()) for m in rows]

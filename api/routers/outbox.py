@@ -3,18 +3,18 @@
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from api.deps import EngineDep, PrivateKey
+from api.deps import EngineDep, require_private_key
 from api.errors import invalid
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
 from herald.core.db import session_scope
 from models.delivery import Delivery, OutboxMessage
 from models.enums import Channel
 
-router = APIRouter(tags=["deliveries"])
+router = APIRouter(tags=["deliveries"], dependencies=[Depends(require_private_key)])
 
 
 class OutboxMessagePublic(BaseModel):
@@ -53,7 +53,6 @@ class DeliveryPublic(BaseModel):
 @router.get("/v1/outbox", summary="Messages the embedded outbox provider sent, newest first")
 def list_outbox(
     engine: EngineDep,
-    _key: PrivateKey,
     profile_id: Annotated[str | None, Query()] = None,
     channel: Annotated[Channel | None, Query()] = None,
     delivery_id: Annotated[str | None, Query()] = None,
@@ -88,7 +87,6 @@ def list_outbox(
 )
 def list_deliveries(
     engine: EngineDep,
-    _key: PrivateKey,
     profile_id: Annotated[str | None, Query()] = None,
     run_kind: Annotated[Literal["flow", "campaign"] | None, Query()] = None,
     run_id: Annotated[str | None, Query(description="flow id or campaign id")] = None,

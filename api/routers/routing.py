@@ -2,11 +2,11 @@
 
 from datetime import datetime
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Depends, status
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
-from api.deps import EngineDep, PrivateKey
+from api.deps import EngineDep, require_private_key
 from api.errors import invalid, not_found
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
 from herald.core.db import session_scope
@@ -14,7 +14,9 @@ from herald.routing.contract import dead_letter_count, requeue
 from models.routing import RoutingDeadLetter, RoutingOutbox, SegmentRecheck, SegmentRoutingHealth
 from models.types import utcnow
 
-router = APIRouter(prefix="/v1/routing", tags=["operations"])
+router = APIRouter(
+    prefix="/v1/routing", tags=["operations"], dependencies=[Depends(require_private_key)]
+)
 
 
 class FailingSegment(BaseModel):
@@ -56,7 +58,7 @@ class Requeued(BaseModel):
 
 
 @router.get("/status", summary="Outbox backlog, routing progress and routing errors")
-def routing_status(engine: EngineDep, _key: PrivateKey) -> RoutingStatus:
+def routing_status(engine: EngineDep) -> RoutingStatus:
     outbox = RoutingOutbox.__table__
     health, rechecks = SegmentRoutingHealth.__table__, SegmentRecheck.__table__
     with session_scope(engine) as session:
@@ -107,7 +109,7 @@ def routing_status(engine: EngineDep, _key: PrivateKey) -> RoutingStatus:
 
 @router.get("/dead-letters", summary="Parked outbox rows, oldest first")
 def list_dead_letters(
-    engine: EngineDep, _key: PrivateKey, limit: LimitQuery = 50, cursor: CursorQuery = None
+    engine: EngineDep, limit: LimitQuery = 50, cursor: CursorQuery = None
 ) -> Page[DeadLetter]:
     letters, outbox = RoutingDeadLetter.__table__, RoutingOutbox.__table__
     stmt = (
@@ -134,7 +136,7 @@ def list_dead_letters(
     status_code=status.HTTP_202_ACCEPTED,
     summary="Put a parked row back in the outbox; the router routes it next",
 )
-def retry_dead_letter(dead_letter_id: int, engine: EngineDep, _key: PrivateKey) -> Requeued:
+def retry_dead_letter(dead_letter_id: int, engine: EngineDep) -> Requeued:
     with session_scope(engine) as session:
         outbox_id = requeue(session, dead_letter_id)
     if outbox_id is None:
