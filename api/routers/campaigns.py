@@ -14,7 +14,7 @@ cancels the workflow (see herald/flows/cancellation.py).
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import structlog
 from fastapi import APIRouter, Depends, Request, Response, status
@@ -28,7 +28,15 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import EngineDep, SettingsDep, require_private_key
 from api.errors import ApiError, invalid, not_found
-from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
+from api.pagination import (
+    CursorQuery,
+    LimitQuery,
+    Page,
+    decode_cursor,
+    decode_time_cursor,
+    encode_time_cursor,
+    keyset_page,
+)
 from api.temporal_link import TEMPORAL_HEADER, TemporalLink
 from herald.campaigns import store
 from herald.campaigns.contract import CAMPAIGN_WORKFLOW, CampaignSnapshot, campaign_workflow_id
@@ -102,17 +110,15 @@ def list_campaigns(
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
 ) -> Page[CampaignSummary]:
-    stmt = select(Campaign).order_by(Campaign.id).limit(limit + 1)
+    after = decode_cursor(cursor)
+    stmt = select(Campaign)
     if status is not None:
         stmt = stmt.where(Campaign.status == status)
-    if (after := decode_cursor(cursor)) is not None:
-        stmt = stmt.where(Campaign.id > after)
     with session_scope(engine) as session:
-        rows = list(session.scalars(stmt))
-    page = rows[:limit]
+        page, next_cursor = keyset_page(session, stmt, Campaign.id, limit, after)
     return Page[CampaignSummary](
         data=[CampaignSummary.model_validate(r.model_dump()) for r in page],
-        next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None,
+        next_cursor=next_cursor,
     )
 
 
@@ -510,22 +516,6 @@ def campaign_report(campaign_id: str, engine: EngineDep) -> CampaignReport:
         return store.report(session, store.load_campaign(session, campaign_id))
 
 
-def _exit_cursor(row) -> str:
-    return encode_cursor(f"{row.converted_at.isoformat()}|{row.profile_id}")
-
-
-def _after_exit(cursor: str | None) -> tuple[datetime, str] | None:
-    if (raw := decode_cursor(cursor)) is None:
-        return None
-    at, sep, profile_id = raw.partition("|")
-    try:
-        if not sep:
-            raise ValueError
-        return datetime.fromisoformat(at), profile_id
-    except ValueError:
-        raise invalid("cursor", "not a cursor returned by this API") from None
-
-
 @router.get(
     "/{campaign_id}/exits",
     summary="Profiles excluded after converting (exit criteria), in conversion order",
@@ -533,12 +523,16 @@ def _after_exit(cursor: str | None) -> tuple[datetime, str] | None:
 def list_exits(
     campaign_id: str, engine: EngineDep, limit: LimitQuery = 50, cursor: CursorQuery = None
 ) -> Page[ExitPublic]:
-    after = _after_exit(cursor)
+    after = decode_time_cursor(cursor)
     with _session(engine) as session:
         store.load_campaign(session, campaign_id)
         rows = store.exits_page(session, campaign_id, after, limit + 1)
     page = rows[:limit]
     return Page[ExitPublic](
         data=[ExitPublic.model_validate(r.model_dump()) for r in page],
-        next_cursor=_exit_cursor(page[-1]) if len(rows) > limit else None,
+        next_cursor=(
+            encode_time_cursor(page[-1].converted_at, page[-1].profile_id)
+            if len(rows) > limit
+            else None
+        ),
     )

@@ -10,19 +10,25 @@ whatever Temporal missed is caught up by the router's reconcile (herald/flows/ca
 """
 
 import asyncio
-from datetime import datetime
 from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Depends, Query, Request, Response
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, select
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import EngineDep, require_private_key
-from api.errors import ApiError, invalid, not_found
-from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
+from api.errors import ApiError, not_found
+from api.pagination import (
+    CursorQuery,
+    LimitQuery,
+    Page,
+    decode_cursor,
+    decode_time_cursor,
+    keyset_page,
+)
 from api.temporal_link import TEMPORAL_HEADER, TemporalLink, stop_enrollments
 from herald.core.db import session_scope
 from herald.flows.cancellation import cancel_enrollments
@@ -126,24 +132,6 @@ def _public(row: FlowEnrollment) -> EnrollmentPublic:
 # ---- enrollments --------------------------------------------------------------------------------
 
 
-def _enrollment_cursor(row: FlowEnrollment) -> str:
-    return encode_cursor(f"{row.started_at.isoformat()}|{row.workflow_id}")
-
-
-def _after_enrollment(cursor: str | None):
-    if (raw := decode_cursor(cursor)) is None:
-        return None
-    started, sep, workflow_id = raw.partition("|")
-    try:
-        if not sep:
-            raise ValueError
-        at = datetime.fromisoformat(started)
-    except ValueError:
-        raise invalid("cursor", "not a cursor returned by this API") from None
-    c = FlowEnrollment.__table__.c
-    return or_(c.started_at > at, and_(c.started_at == at, c.workflow_id > workflow_id))
-
-
 @router.get(
     "/v1/flows/{flow_id}/enrollments", summary="Enrollments of a flow, oldest first (filterable)"
 )
@@ -156,29 +144,19 @@ def list_enrollments(
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
 ) -> Page[EnrollmentPublic]:
+    after = decode_time_cursor(cursor)
     c = FlowEnrollment.__table__.c
-    stmt = (
-        select(FlowEnrollment)
-        .where(c.flow_id == flow_id)
-        .order_by(c.started_at, c.workflow_id)
-        .limit(limit + 1)
-    )
+    stmt = select(FlowEnrollment).where(c.flow_id == flow_id)
     if status is not None:
         stmt = stmt.where(c.status == status)
     if step is not None:
         stmt = stmt.where(c.current_step == step)
     if profile_id is not None:
         stmt = stmt.where(c.profile_id == profile_id)
-    if (after := _after_enrollment(cursor)) is not None:
-        stmt = stmt.where(after)
     with session_scope(engine) as session:
         _flow(session, flow_id)
-        rows = list(session.scalars(stmt))
-    page = rows[:limit]
-    return Page[EnrollmentPublic](
-        data=[_public(r) for r in page],
-        next_cursor=_enrollment_cursor(page[-1]) if len(rows) > limit else None,
-    )
+        page, next_cursor = keyset_page(session, stmt, (c.started_at, c.workflow_id), limit, after)
+    return Page[EnrollmentPublic](data=[_public(r) for r in page], next_cursor=next_cursor)
 
 
 def _enrollment_with_timeline(engine, workflow_id: str) -> EnrollmentDetail:
@@ -250,21 +228,14 @@ def list_review_queue(
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
 ) -> Page[ReviewItemPublic]:
-    stmt = (
-        select(ReviewItem)
-        .where(ReviewItem.flow_id == flow_id, ReviewItem.status == status)
-        .order_by(ReviewItem.id)
-        .limit(limit + 1)
-    )
-    if (after := decode_cursor(cursor)) is not None:
-        stmt = stmt.where(ReviewItem.id > after)
+    after = decode_cursor(cursor)
+    stmt = select(ReviewItem).where(ReviewItem.flow_id == flow_id, ReviewItem.status == status)
     with session_scope(engine) as session:
         _flow(session, flow_id)
-        rows = list(session.scalars(stmt))
-    page = rows[:limit]
+        page, next_cursor = keyset_page(session, stmt, ReviewItem.id, limit, after)
     return Page[ReviewItemPublic](
         data=[ReviewItemPublic.model_validate(r.model_dump()) for r in page],
-        next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None,
+        next_cursor=next_cursor,
     )
 
 

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from api.deps import EngineDep, require_ingest_key, require_private_key
 from api.errors import ApiError, invalid
 from api.event_batches import batch_response, validate_items
-from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
+from api.pagination import CursorQuery, LimitQuery, Page, decode_int_cursor, keyset_page
 from herald.core.db import session_scope
 from models.events import (
     MAX_BATCH_EVENTS,
@@ -80,26 +80,26 @@ def list_events(
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
 ) -> Page[EventPublic]:
-    stmt = (
-        select(Event, Metric.name)
-        .join(Metric, Metric.id == Event.metric_id)
-        .order_by(Event.id.desc())
-        .limit(limit + 1)
-    )
-    if (before := decode_cursor(cursor)) is not None:
-        if not before.isdigit():
-            raise invalid("cursor", "not a cursor returned by this API")
-        stmt = stmt.where(Event.id < int(before))
+    before = decode_int_cursor(cursor)
+    stmt = select(Event, Metric.name).join(Metric, Metric.id == Event.metric_id)
     if profile_id is not None:
         stmt = stmt.where(Event.profile_id == profile_id)
     if metric is not None:
         stmt = stmt.where(Metric.name == metric)
     with session_scope(engine) as session:
-        rows = list(session.execute(stmt))
-    page = rows[:limit]
+        page, next_cursor = keyset_page(
+            session,
+            stmt,
+            Event.id,
+            limit,
+            before,
+            descending=True,
+            scalars=False,
+            last_key=lambda row: row[0].id,
+        )
     return Page[EventPublic](
         data=[EventPublic.model_validate({**e.model_dump(), "metric": name}) for e, name in page],
-        next_cursor=encode_cursor(page[-1][0].id) if len(rows) > limit else None,
+        next_cursor=next_cursor,
     )
 
 

@@ -11,7 +11,7 @@ from sqlmodel import Session
 
 from api.deps import EngineDep, require_private_key
 from api.errors import ApiError, invalid, not_found
-from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
+from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, keyset_page
 from api.temporal_link import stop_enrollments
 from herald.core.db import session_scope
 from herald.core.ids import new_id
@@ -121,18 +121,13 @@ def list_flows(
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
 ) -> Page[FlowSummary]:
-    stmt = select(Flow).where(Flow.deleted_at.is_(None)).order_by(Flow.id).limit(limit + 1)
+    after = decode_cursor(cursor)
+    stmt = select(Flow).where(Flow.deleted_at.is_(None))
     if status is not None:
         stmt = stmt.where(Flow.status == status)
-    if (after := decode_cursor(cursor)) is not None:
-        stmt = stmt.where(Flow.id > after)
     with session_scope(engine) as session:
-        rows = list(session.scalars(stmt))
-    page = rows[:limit]
-    return Page[FlowSummary](
-        data=[_summary(r) for r in page],
-        next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None,
-    )
+        page, next_cursor = keyset_page(session, stmt, Flow.id, limit, after)
+    return Page[FlowSummary](data=[_summary(r) for r in page], next_cursor=next_cursor)
 
 
 @router.get("/{flow_id}", summary="Get a flow with its current definition")
@@ -194,21 +189,15 @@ def list_versions(
     after = decode_cursor(cursor)
     if after is not None and not after.isdecimal():
         raise invalid("cursor", "not a cursor returned by this API")
-    stmt = (
-        select(FlowVersion)
-        .where(FlowVersion.flow_id == flow_id)
-        .order_by(FlowVersion.version)
-        .limit(limit + 1)
-    )
-    if after is not None:
-        stmt = stmt.where(FlowVersion.version > int(after))
+    stmt = select(FlowVersion).where(FlowVersion.flow_id == flow_id)
     with session_scope(engine) as session:
         load_flow(session, flow_id)
-        rows = list(session.scalars(stmt))
-    page = rows[:limit]
+        page, next_cursor = keyset_page(
+            session, stmt, FlowVersion.version, limit, None if after is None else int(after)
+        )
     return Page[FlowVersionPublic](
         data=[FlowVersionPublic.model_validate(r.model_dump()) for r in page],
-        next_cursor=encode_cursor(page[-1].version) if len(rows) > limit else None,
+        next_cursor=next_cursor,
     )
 
 

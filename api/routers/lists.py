@@ -7,7 +7,7 @@ from sqlmodel import Session
 
 from api.deps import EngineDep, require_private_key
 from api.errors import invalid, not_found
-from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
+from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, keyset_page
 from api.profile_pages import members_page
 from herald.core.db import session_scope
 from herald.core.ids import new_id
@@ -50,16 +50,12 @@ def create_list(body: ListCreate, engine: EngineDep) -> ListPublic:
 def list_lists(
     engine: EngineDep, limit: LimitQuery = 50, cursor: CursorQuery = None
 ) -> Page[ListPublic]:
-    stmt = select(ProfileList).order_by(ProfileList.id).limit(limit + 1)
-    if (after := decode_cursor(cursor)) is not None:
-        stmt = stmt.where(ProfileList.id > after)
+    after = decode_cursor(cursor)
     with session_scope(engine) as session:
-        rows = list(session.scalars(stmt))
-        page = rows[:limit]
+        page, next_cursor = keyset_page(session, select(ProfileList), ProfileList.id, limit, after)
         counts = member_counts(session, [r.id for r in page])
         return Page[ListPublic](
-            data=[_public(r, counts.get(r.id, 0)) for r in page],
-            next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None,
+            data=[_public(r, counts.get(r.id, 0)) for r in page], next_cursor=next_cursor
         )
 
 

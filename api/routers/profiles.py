@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import EngineDep, require_private_key
 from api.errors import ApiError, invalid, not_found
-from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
+from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, keyset_page
 from api.profile_pages import public
 from api.temporal_link import STOP_TIMEOUT_SECONDS, TEMPORAL_HEADER, TemporalLink
 from herald.core.db import session_scope
@@ -203,9 +203,8 @@ def list_profiles(
     list_id: Annotated[str | None, Query(description="only members of this list")] = None,
     subscribed: Annotated[Channel | None, Query(description="only consented to this")] = None,
 ) -> Page[ProfilePublic]:
-    stmt = select(Profile).order_by(Profile.id).limit(limit + 1)
-    if (after := decode_cursor(cursor)) is not None:
-        stmt = stmt.where(Profile.id > after)
+    after = decode_cursor(cursor)
+    stmt = select(Profile)
     for name, value, normalize in (
         ("email", email, normalize_email),
         ("phone", phone, normalize_phone),
@@ -233,12 +232,8 @@ def list_profiles(
             )
         )
     with session_scope(engine) as session:
-        rows = list(session.execute(stmt).scalars())
-        page = rows[:limit]
-        return Page[ProfilePublic](
-            data=[public(session, p) for p in page],
-            next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None,
-        )
+        page, next_cursor = keyset_page(session, stmt, Profile.id, limit, after)
+        return Page[ProfilePublic](data=[public(session, p) for p in page], next_cursor=next_cursor)
 
 
 @router.get("/{profile_id}/consent", summary="Consent per channel and its history")

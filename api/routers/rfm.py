@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from api.deps import EngineDep, require_private_key
 from api.errors import ApiError
-from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
+from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, keyset_page
 from herald.analytics.rfm import COMPLETED, run_rfm
 from herald.core.db import session_scope
 from models.segments import RfmRun
@@ -63,16 +63,12 @@ def create_run(engine: EngineDep) -> RfmRunPublic:
 def list_runs(
     engine: EngineDep, limit: LimitQuery = 20, cursor: CursorQuery = None
 ) -> Page[RfmRunPublic]:
-    stmt = select(RfmRun).order_by(RfmRun.id.desc()).limit(limit + 1)
-    if (before := decode_cursor(cursor)) is not None:
-        stmt = stmt.where(RfmRun.id < before)
+    before = decode_cursor(cursor)
     with session_scope(engine) as session:
-        rows = list(session.scalars(stmt))
-    page = rows[:limit]
-    return Page[RfmRunPublic](
-        data=[_public(r) for r in page],
-        next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None,
-    )
+        page, next_cursor = keyset_page(
+            session, select(RfmRun), RfmRun.id, limit, before, descending=True
+        )
+    return Page[RfmRunPublic](data=[_public(r) for r in page], next_cursor=next_cursor)
 
 
 @router.get("/report", summary="Group sizes and movements of the latest completed RFM run")

@@ -7,8 +7,8 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 
 from api.deps import EngineDep, require_private_key
-from api.errors import invalid, not_found
-from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
+from api.errors import not_found
+from api.pagination import CursorQuery, LimitQuery, Page, decode_int_cursor, keyset_page
 from herald.core.db import session_scope
 from herald.routing.contract import dead_letter_count, requeue
 from models.routing import RoutingDeadLetter, RoutingOutbox, SegmentRecheck, SegmentRoutingHealth
@@ -111,24 +111,17 @@ def routing_status(engine: EngineDep) -> RoutingStatus:
 def list_dead_letters(
     engine: EngineDep, limit: LimitQuery = 50, cursor: CursorQuery = None
 ) -> Page[DeadLetter]:
+    after = decode_int_cursor(cursor)
     letters, outbox = RoutingDeadLetter.__table__, RoutingOutbox.__table__
     stmt = (
         select(letters, outbox.c.kind, outbox.c.profile_id, outbox.c.event_id)
         .add_columns(outbox.c.segment_id, outbox.c.created_at)
         .join(outbox, outbox.c.id == letters.c.outbox_id)
-        .order_by(letters.c.id)
-        .limit(limit + 1)
     )
-    if (after := decode_cursor(cursor)) is not None:
-        if not after.isdigit():
-            raise invalid("cursor", "not a cursor returned by this API")
-        stmt = stmt.where(letters.c.id > int(after))
     with session_scope(engine) as session:
-        rows = session.execute(stmt).all()
-    page = [DeadLetter.model_validate(row._mapping) for row in rows[:limit]]
-    return Page[DeadLetter](
-        data=page, next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None
-    )
+        rows, next_cursor = keyset_page(session, stmt, letters.c.id, limit, after, scalars=False)
+    page = [DeadLetter.model_validate(row._mapping) for row in rows]
+    return Page[DeadLetter](data=page, next_cursor=next_cursor)
 
 
 @router.post(

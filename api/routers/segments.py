@@ -9,7 +9,7 @@ from sqlmodel import Session
 
 from api.deps import EngineDep, require_private_key
 from api.errors import invalid, not_found, segment_problem
-from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
+from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, keyset_page
 from api.profile_pages import members_page
 from herald.core.db import session_scope
 from herald.segments.store import (
@@ -81,16 +81,10 @@ def preview_segment(body: SegmentPreviewIn, engine: EngineDep) -> SegmentPreview
 def list_segments(
     engine: EngineDep, limit: LimitQuery = 50, cursor: CursorQuery = None
 ) -> Page[SegmentPublic]:
-    stmt = select(Segment).order_by(Segment.id).limit(limit + 1)
-    if (after := decode_cursor(cursor)) is not None:
-        stmt = stmt.where(Segment.id > after)
+    after = decode_cursor(cursor)
     with session_scope(engine) as session:
-        rows = list(session.scalars(stmt))
-        page = rows[:limit]
-        return Page[SegmentPublic](
-            data=[_public(r) for r in page],
-            next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None,
-        )
+        page, next_cursor = keyset_page(session, select(Segment), Segment.id, limit, after)
+        return Page[SegmentPublic](data=[_public(r) for r in page], next_cursor=next_cursor)
 
 
 @router.get("/{segment_id}", summary="Get a segment")
