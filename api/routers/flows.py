@@ -18,6 +18,7 @@ from herald.core.ids import new_id
 from herald.flows.cancellation import cancel_enrollments
 from herald.flows.graph import FlowDefinition, ListTrigger, MetricTrigger, SegmentTrigger
 from herald.flows.validation import validate_definition
+from herald.segments.store import live_segment_ids
 from models.events import Metric
 from models.flow_dto import (
     FlowCreate,
@@ -52,7 +53,7 @@ def require_valid(session: Session, defn: FlowDefinition) -> None:
         defn,
         known_metrics=set(session.scalars(select(Metric.name))),
         known_lists=set(session.scalars(select(ProfileList.id))),
-        known_segments=set(session.scalars(select(Segment.id).where(Segment.status == "live"))),
+        known_segments=live_segment_ids(session),
         draft_segments=set(session.scalars(select(Segment.id).where(Segment.status == "draft"))),
     )
     if problems:
