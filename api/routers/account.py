@@ -1,14 +1,16 @@
 """Account settings: timezone, channels, smart-sending windows, quiet hours, frequency caps."""
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
-from api.deps import EngineDep, PrivateKey
+from api.deps import EngineDep, require_private_key
 from herald.core.db import session_scope
 from models.account import Account
 from models.account_dto import AccountSettings, AccountUpdate
 from models.types import utcnow
 
-router = APIRouter(prefix="/v1/account", tags=["account"])
+router = APIRouter(
+    prefix="/v1/account", tags=["account"], dependencies=[Depends(require_private_key)]
+)
 
 
 def _public(account: Account) -> AccountSettings:
@@ -16,13 +18,13 @@ def _public(account: Account) -> AccountSettings:
 
 
 @router.get("", summary="Account settings")
-def get_account(engine: EngineDep, _key: PrivateKey) -> AccountSettings:
+def get_account(engine: EngineDep) -> AccountSettings:
     with session_scope(engine) as session:
         return _public(session.get(Account, 1))
 
 
 @router.patch("", summary="Change account settings (only the fields sent)")
-def patch_account(body: AccountUpdate, engine: EngineDep, _key: PrivateKey) -> AccountSettings:
+def patch_account(body: AccountUpdate, engine: EngineDep) -> AccountSettings:
     with session_scope(engine) as session:
         account = session.get(Account, 1)
         changes = body.model_dump(mode="json", exclude_unset=True, exclude_none=True)

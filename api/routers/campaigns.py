@@ -14,10 +14,10 @@ cancels the workflow (see herald/flows/cancellation.py).
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import structlog
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Depends, Request, Response, status
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -26,9 +26,17 @@ from temporalio.client import Client
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import EngineDep, PrivateKey, SettingsDep
+from api.deps import EngineDep, SettingsDep, require_private_key
 from api.errors import ApiError, invalid, not_found
-from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
+from api.pagination import (
+    CursorQuery,
+    LimitQuery,
+    Page,
+    decode_cursor,
+    decode_time_cursor,
+    encode_time_cursor,
+    keyset_page,
+)
 from api.temporal_link import TEMPORAL_HEADER, TemporalLink
 from herald.campaigns import store
 from herald.campaigns.contract import CAMPAIGN_WORKFLOW, CampaignSnapshot, campaign_workflow_id
@@ -56,7 +64,9 @@ from models.campaign_dto import (
 from models.campaigns import Campaign
 from models.types import utcnow
 
-router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
+router = APIRouter(
+    prefix="/v1/campaigns", tags=["campaigns"], dependencies=[Depends(require_private_key)]
+)
 log = structlog.get_logger("herald.api")
 
 # How long the API waits for Temporal on an operator's behalf.
@@ -88,7 +98,7 @@ def _draft(session: Session, campaign_id: str) -> Campaign:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Create a draft campaign")
-def create_campaign(body: CampaignCreate, engine: EngineDep, _key: PrivateKey) -> CampaignPublic:
+def create_campaign(body: CampaignCreate, engine: EngineDep) -> CampaignPublic:
     with _session(engine) as session:
         return store.public(session, store.create_campaign(session, body))
 
@@ -96,27 +106,24 @@ def create_campaign(body: CampaignCreate, engine: EngineDep, _key: PrivateKey) -
 @router.get("", summary="List campaigns, oldest first")
 def list_campaigns(
     engine: EngineDep,
-    _key: PrivateKey,
     status: CampaignStatus | None = None,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
 ) -> Page[CampaignSummary]:
-    stmt = select(Campaign).order_by(Campaign.id).limit(limit + 1)
+    after = decode_cursor(cursor)
+    stmt = select(Campaign)
     if status is not None:
         stmt = stmt.where(Campaign.status == status)
-    if (after := decode_cursor(cursor)) is not None:
-        stmt = stmt.where(Campaign.id > after)
     with session_scope(engine) as session:
-        rows = list(session.scalars(stmt))
-    page = rows[:limit]
+        page, next_cursor = keyset_page(session, stmt, Campaign.id, limit, after)
     return Page[CampaignSummary](
         data=[CampaignSummary.model_validate(r.model_dump()) for r in page],
-        next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None,
+        next_cursor=next_cursor,
     )
 
 
 @router.get("/{campaign_id}", summary="A campaign with its paths and their messages")
-def get_campaign(campaign_id: str, engine: EngineDep, _key: PrivateKey) -> CampaignPublic:
+def get_campaign(campaign_id: str, engine: EngineDep) -> CampaignPublic:
     with _session(engine) as session:
         return store.public(session, store.load_campaign(session, campaign_id))
 
@@ -128,9 +135,7 @@ def get_campaign(campaign_id: str, engine: EngineDep, _key: PrivateKey) -> Campa
     "locked while the campaign is scheduled (423: unschedule first) and for good once a "
     "message was sent (409).",
 )
-def patch_campaign(
-    campaign_id: str, body: CampaignUpdate, engine: EngineDep, _key: PrivateKey
-) -> CampaignPublic:
+def patch_campaign(campaign_id: str, body: CampaignUpdate, engine: EngineDep) -> CampaignPublic:
     with _session(engine) as session:
         campaign = _draft(session, campaign_id)
         store.update_campaign(session, campaign, body)
@@ -142,7 +147,7 @@ def patch_campaign(
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a draft or cancelled campaign",
 )
-def delete_campaign(campaign_id: str, engine: EngineDep, _key: PrivateKey) -> Response:
+def delete_campaign(campaign_id: str, engine: EngineDep) -> Response:
     with _session(engine) as session:
         store.delete_campaign(session, _draft(session, campaign_id))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -156,7 +161,7 @@ def delete_campaign(campaign_id: str, engine: EngineDep, _key: PrivateKey) -> Re
     status_code=status.HTTP_201_CREATED,
     summary="Add a path (at most 10): an audience of lists included minus lists excluded",
 )
-def add_path(campaign_id: str, body: PathCreate, engine: EngineDep, _key: PrivateKey) -> PathPublic:
+def add_path(campaign_id: str, body: PathCreate, engine: EngineDep) -> PathPublic:
     with _session(engine) as session:
         path = store.add_path(session, _draft(session, campaign_id), body)
         return store.path_public(session, path)
@@ -166,9 +171,7 @@ def add_path(campaign_id: str, body: PathCreate, engine: EngineDep, _key: Privat
     "/{campaign_id}/paths/reorder",
     summary="Put the paths in a new order (a profile in several audiences gets the first)",
 )
-def reorder_paths(
-    campaign_id: str, body: PathReorder, engine: EngineDep, _key: PrivateKey
-) -> CampaignPublic:
+def reorder_paths(campaign_id: str, body: PathReorder, engine: EngineDep) -> CampaignPublic:
     with _session(engine) as session:
         campaign = _draft(session, campaign_id)
         store.reorder_paths(session, campaign, body.path_ids)
@@ -176,9 +179,7 @@ def reorder_paths(
 
 
 @router.patch("/{campaign_id}/paths/{path_id}", summary="Rename a path or change its audience")
-def patch_path(
-    campaign_id: str, path_id: str, body: PathUpdate, engine: EngineDep, _key: PrivateKey
-) -> PathPublic:
+def patch_path(campaign_id: str, path_id: str, body: PathUpdate, engine: EngineDep) -> PathPublic:
     with _session(engine) as session:
         path = store.update_path(session, _draft(session, campaign_id), path_id, body)
         return store.path_public(session, path)
@@ -189,7 +190,7 @@ def patch_path(
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a path and its messages",
 )
-def delete_path(campaign_id: str, path_id: str, engine: EngineDep, _key: PrivateKey) -> Response:
+def delete_path(campaign_id: str, path_id: str, engine: EngineDep) -> Response:
     with _session(engine) as session:
         store.delete_path(session, _draft(session, campaign_id), path_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -200,7 +201,7 @@ def delete_path(campaign_id: str, path_id: str, engine: EngineDep, _key: Private
     status_code=status.HTTP_201_CREATED,
     summary="Copy a path with its messages, right after it",
 )
-def clone_path(campaign_id: str, path_id: str, engine: EngineDep, _key: PrivateKey) -> PathPublic:
+def clone_path(campaign_id: str, path_id: str, engine: EngineDep) -> PathPublic:
     with _session(engine) as session:
         path = store.clone_path(session, _draft(session, campaign_id), path_id)
         return store.path_public(session, path)
@@ -215,7 +216,7 @@ def clone_path(campaign_id: str, path_id: str, engine: EngineDep, _key: PrivateK
     summary="Add a message (at most 30 per campaign)",
 )
 def add_message(
-    campaign_id: str, path_id: str, body: MessageCreate, engine: EngineDep, _key: PrivateKey
+    campaign_id: str, path_id: str, body: MessageCreate, engine: EngineDep
 ) -> MessagePublic:
     with _session(engine) as session:
         campaign = _draft(session, campaign_id)
@@ -228,12 +229,7 @@ def add_message(
     summary="Change a message (content fields not sent keep their value)",
 )
 def patch_message(
-    campaign_id: str,
-    path_id: str,
-    message_id: str,
-    body: MessageUpdate,
-    engine: EngineDep,
-    _key: PrivateKey,
+    campaign_id: str, path_id: str, message_id: str, body: MessageUpdate, engine: EngineDep
 ) -> MessagePublic:
     with _session(engine) as session:
         campaign = _draft(session, campaign_id)
@@ -246,9 +242,7 @@ def patch_message(
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a message (for good)",
 )
-def delete_message(
-    campaign_id: str, path_id: str, message_id: str, engine: EngineDep, _key: PrivateKey
-) -> Response:
+def delete_message(campaign_id: str, path_id: str, message_id: str, engine: EngineDep) -> Response:
     with _session(engine) as session:
         store.delete_message(session, _draft(session, campaign_id), path_id, message_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -260,12 +254,7 @@ def delete_message(
     summary="Copy a message into a path of the same campaign (default: its own)",
 )
 def clone_message(
-    campaign_id: str,
-    path_id: str,
-    message_id: str,
-    body: MessageClone,
-    engine: EngineDep,
-    _key: PrivateKey,
+    campaign_id: str, path_id: str, message_id: str, body: MessageClone, engine: EngineDep
 ) -> MessagePublic:
     with _session(engine) as session:
         campaign = _draft(session, campaign_id)
@@ -280,9 +269,7 @@ def clone_message(
     "/{campaign_id}/review",
     summary="Errors (block scheduling) and warnings, per message and for the whole campaign",
 )
-def review_campaign(
-    campaign_id: str, engine: EngineDep, settings: SettingsDep, _key: PrivateKey
-) -> CampaignReview:
+def review_campaign(campaign_id: str, engine: EngineDep, settings: SettingsDep) -> CampaignReview:
     with _session(engine) as session:
         campaign = store.load_campaign(session, campaign_id)
         return store.review(
@@ -376,11 +363,7 @@ async def _start_workflow(link: TemporalLink, settings: Settings, snap: Campaign
     summary="Schedule a draft: refused with the review's errors; 503 if Temporal is down",
 )
 async def schedule_campaign(
-    campaign_id: str,
-    request: Request,
-    engine: EngineDep,
-    settings: SettingsDep,
-    _key: PrivateKey,
+    campaign_id: str, request: Request, engine: EngineDep, settings: SettingsDep
 ) -> CampaignPublic:
     snap = await run_in_threadpool(_mark_scheduled, engine, settings, campaign_id)
     try:
@@ -461,7 +444,7 @@ async def _cancel_workflow(link: TemporalLink, campaign_id: str) -> None:
     summary="Revert a scheduled campaign to draft (only while nothing was sent)",
 )
 async def unschedule_campaign(
-    campaign_id: str, request: Request, engine: EngineDep, _key: PrivateKey
+    campaign_id: str, request: Request, engine: EngineDep
 ) -> CampaignPublic:
     await run_in_threadpool(_require_revertible, engine, campaign_id)
     try:
@@ -510,7 +493,7 @@ def _cancel(engine: Engine, campaign_id: str) -> CampaignPublic:
     "then cancels the workflow (terminating it if it does not stop within five minutes).",
 )
 async def cancel_campaign(
-    campaign_id: str, request: Request, response: Response, engine: EngineDep, _key: PrivateKey
+    campaign_id: str, request: Request, response: Response, engine: EngineDep
 ) -> CampaignPublic:
     public = await run_in_threadpool(_cancel, engine, campaign_id)
     # The cancelled row already stops every send: Temporal is told best effort.
@@ -528,25 +511,9 @@ async def cancel_campaign(
     "/{campaign_id}/report",
     summary="Per message and per path: audience, sent, skipped by reason, failed",
 )
-def campaign_report(campaign_id: str, engine: EngineDep, _key: PrivateKey) -> CampaignReport:
+def campaign_report(campaign_id: str, engine: EngineDep) -> CampaignReport:
     with _session(engine) as session:
         return store.report(session, store.load_campaign(session, campaign_id))
-
-
-def _exit_cursor(row) -> str:
-    return encode_cursor(f"{row.converted_at.isoformat()}|{row.profile_id}")
-
-
-def _after_exit(cursor: str | None) -> tuple[datetime, str] | None:
-    if (raw := decode_cursor(cursor)) is None:
-        return None
-    at, sep, profile_id = raw.partition("|")
-    try:
-        if not sep:
-            raise ValueError
-        return datetime.fromisoformat(at), profile_id
-    except ValueError:
-        raise invalid("cursor", "not a cursor returned by this API") from None
 
 
 @router.get(
@@ -554,18 +521,18 @@ def _after_exit(cursor: str | None) -> tuple[datetime, str] | None:
     summary="Profiles excluded after converting (exit criteria), in conversion order",
 )
 def list_exits(
-    campaign_id: str,
-    engine: EngineDep,
-    _key: PrivateKey,
-    limit: LimitQuery = 50,
-    cursor: CursorQuery = None,
+    campaign_id: str, engine: EngineDep, limit: LimitQuery = 50, cursor: CursorQuery = None
 ) -> Page[ExitPublic]:
-    after = _after_exit(cursor)
+    after = decode_time_cursor(cursor)
     with _session(engine) as session:
         store.load_campaign(session, campaign_id)
         rows = store.exits_page(session, campaign_id, after, limit + 1)
     page = rows[:limit]
     return Page[ExitPublic](
         data=[ExitPublic.model_validate(r.model_dump()) for r in page],
-        next_cursor=_exit_cursor(page[-1]) if len(rows) > limit else None,
+        next_cursor=(
+            encode_time_cursor(page[-1].converted_at, page[-1].profile_id)
+            if len(rows) > limit
+            else None
+        ),
     )

@@ -10,19 +10,25 @@ whatever Temporal missed is caught up by the router's reconcile (herald/flows/ca
 """
 
 import asyncio
-from datetime import datetime
 from typing import Annotated
 
 import structlog
-from fastapi import APIRouter, Query, Request, Response
-from sqlalchemy import and_, func, or_, select
+from fastapi import APIRouter, Depends, Query, Request, Response
+from sqlalchemy import func, select
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import EngineDep, PrivateKey
-from api.errors import ApiError, invalid, not_found
-from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
+from api.deps import EngineDep, require_private_key
+from api.errors import ApiError, not_found
+from api.pagination import (
+    CursorQuery,
+    LimitQuery,
+    Page,
+    decode_cursor,
+    decode_time_cursor,
+    keyset_page,
+)
 from api.temporal_link import TEMPORAL_HEADER, TemporalLink, stop_enrollments
 from herald.core.db import session_scope
 from herald.flows.cancellation import cancel_enrollments
@@ -47,7 +53,7 @@ from models.flow_dto import (
 from models.flows import EnrollmentStep, Flow, FlowEnrollment, FlowVersion, ReviewItem
 from models.types import utcnow
 
-router = APIRouter(tags=["enrollments"])
+router = APIRouter(tags=["enrollments"], dependencies=[Depends(require_private_key)])
 log = structlog.get_logger("herald.api")
 
 # How long the API waits for Temporal on behalf of an operator before falling back to the DB.
@@ -126,60 +132,31 @@ def _public(row: FlowEnrollment) -> EnrollmentPublic:
 # ---- enrollments --------------------------------------------------------------------------------
 
 
-def _enrollment_cursor(row: FlowEnrollment) -> str:
-    return encode_cursor(f"{row.started_at.isoformat()}|{row.workflow_id}")
-
-
-def _after_enrollment(cursor: str | None):
-    if (raw := decode_cursor(cursor)) is None:
-        return None
-    started, sep, workflow_id = raw.partition("|")
-    try:
-        if not sep:
-            raise ValueError
-        at = datetime.fromisoformat(started)
-    except ValueError:
-        raise invalid("cursor", "not a cursor returned by this API") from None
-    c = FlowEnrollment.__table__.c
-    return or_(c.started_at > at, and_(c.started_at == at, c.workflow_id > workflow_id))
-
-
 @router.get(
     "/v1/flows/{flow_id}/enrollments", summary="Enrollments of a flow, oldest first (filterable)"
 )
 def list_enrollments(
     flow_id: str,
     engine: EngineDep,
-    _key: PrivateKey,
     status: EnrollmentStatus | None = None,
     step: Annotated[str | None, Query(description="current step id")] = None,
     profile_id: str | None = None,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
 ) -> Page[EnrollmentPublic]:
+    after = decode_time_cursor(cursor)
     c = FlowEnrollment.__table__.c
-    stmt = (
-        select(FlowEnrollment)
-        .where(c.flow_id == flow_id)
-        .order_by(c.started_at, c.workflow_id)
-        .limit(limit + 1)
-    )
+    stmt = select(FlowEnrollment).where(c.flow_id == flow_id)
     if status is not None:
         stmt = stmt.where(c.status == status)
     if step is not None:
         stmt = stmt.where(c.current_step == step)
     if profile_id is not None:
         stmt = stmt.where(c.profile_id == profile_id)
-    if (after := _after_enrollment(cursor)) is not None:
-        stmt = stmt.where(after)
     with session_scope(engine) as session:
         _flow(session, flow_id)
-        rows = list(session.scalars(stmt))
-    page = rows[:limit]
-    return Page[EnrollmentPublic](
-        data=[_public(r) for r in page],
-        next_cursor=_enrollment_cursor(page[-1]) if len(rows) > limit else None,
-    )
+        page, next_cursor = keyset_page(session, stmt, (c.started_at, c.workflow_id), limit, after)
+    return Page[EnrollmentPublic](data=[_public(r) for r in page], next_cursor=next_cursor)
 
 
 def _enrollment_with_timeline(engine, workflow_id: str) -> EnrollmentDetail:
@@ -200,9 +177,7 @@ def _enrollment_with_timeline(engine, workflow_id: str) -> EnrollmentDetail:
     "/v1/enrollments/{workflow_id:path}",
     summary="One enrollment: its row, timeline and (while running) the workflow's live state",
 )
-async def get_enrollment(
-    workflow_id: str, request: Request, engine: EngineDep, _key: PrivateKey
-) -> EnrollmentDetail:
+async def get_enrollment(workflow_id: str, request: Request, engine: EngineDep) -> EnrollmentDetail:
     detail = await run_in_threadpool(_enrollment_with_timeline, engine, workflow_id)
     if detail.status == "running":
         detail.live = await _live_state(request.app.state.temporal, workflow_id)
@@ -233,7 +208,7 @@ def _cancel(engine, workflow_id: str) -> EnrollmentPublic:
     "then cancels the workflow (terminating it if it does not stop within five minutes).",
 )
 async def cancel_enrollment(
-    workflow_id: str, request: Request, response: Response, engine: EngineDep, _key: PrivateKey
+    workflow_id: str, request: Request, response: Response, engine: EngineDep
 ) -> EnrollmentPublic:
     cancelled = await run_in_threadpool(_cancel, engine, workflow_id)
     response.headers[TEMPORAL_HEADER] = await stop_enrollments(
@@ -249,26 +224,18 @@ async def cancel_enrollment(
 def list_review_queue(
     flow_id: str,
     engine: EngineDep,
-    _key: PrivateKey,
     status: ReviewStatus = "pending",
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
 ) -> Page[ReviewItemPublic]:
-    stmt = (
-        select(ReviewItem)
-        .where(ReviewItem.flow_id == flow_id, ReviewItem.status == status)
-        .order_by(ReviewItem.id)
-        .limit(limit + 1)
-    )
-    if (after := decode_cursor(cursor)) is not None:
-        stmt = stmt.where(ReviewItem.id > after)
+    after = decode_cursor(cursor)
+    stmt = select(ReviewItem).where(ReviewItem.flow_id == flow_id, ReviewItem.status == status)
     with session_scope(engine) as session:
         _flow(session, flow_id)
-        rows = list(session.scalars(stmt))
-    page = rows[:limit]
+        page, next_cursor = keyset_page(session, stmt, ReviewItem.id, limit, after)
     return Page[ReviewItemPublic](
         data=[ReviewItemPublic.model_validate(r.model_dump()) for r in page],
-        next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None,
+        next_cursor=next_cursor,
     )
 
 
@@ -307,15 +274,13 @@ async def _decide_and_signal(
 
 @router.post("/v1/review-queue/{item_id}/approve", summary="Approve a queued message: it sends")
 async def approve_review_item(
-    item_id: str, request: Request, engine: EngineDep, _key: PrivateKey
+    item_id: str, request: Request, engine: EngineDep
 ) -> ReviewItemPublic:
     return await _decide_and_signal(request, engine, item_id, "approved", SIGNAL_APPROVE)
 
 
 @router.post("/v1/review-queue/{item_id}/reject", summary="Reject a queued message: it is skipped")
-async def reject_review_item(
-    item_id: str, request: Request, engine: EngineDep, _key: PrivateKey
-) -> ReviewItemPublic:
+async def reject_review_item(item_id: str, request: Request, engine: EngineDep) -> ReviewItemPublic:
     return await _decide_and_signal(request, engine, item_id, "rejected", SIGNAL_REJECT)
 
 
@@ -325,7 +290,7 @@ _UNSPECIFIED = "unspecified"
 
 
 @router.get("/v1/flows/{flow_id}/report", summary="Per-step counts over all versions")
-def flow_report(flow_id: str, engine: EngineDep, _key: PrivateKey) -> FlowReport:
+def flow_report(flow_id: str, engine: EngineDep) -> FlowReport:
     s = EnrollmentStep.__table__.c
     d = Delivery.__table__.c
     with session_scope(engine) as session:

@@ -2,14 +2,14 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Request, status
+from fastapi import APIRouter, Body, Depends, Query, Request, status
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
-from api.deps import EngineDep, IngestKey, PrivateKey
+from api.deps import EngineDep, require_ingest_key, require_private_key
 from api.errors import ApiError, invalid
 from api.event_batches import batch_response, validate_items
-from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
+from api.pagination import CursorQuery, LimitQuery, Page, decode_int_cursor, keyset_page
 from herald.core.db import session_scope
 from models.events import (
     MAX_BATCH_EVENTS,
@@ -29,8 +29,9 @@ router = APIRouter(tags=["events"])
     "/v1/events",
     status_code=status.HTTP_202_ACCEPTED,
     summary="Record one event (idempotent on profile + metric + unique_id)",
+    dependencies=[Depends(require_ingest_key)],
 )
-async def create_event(body: EventIn, request: Request, _key: IngestKey) -> EventAccepted:
+async def create_event(body: EventIn, request: Request) -> EventAccepted:
     [result] = await request.app.state.ingest.submit([body], "api")
     return EventAccepted(
         status="duplicate" if result.duplicate else "accepted",
@@ -44,10 +45,10 @@ async def create_event(body: EventIn, request: Request, _key: IngestKey) -> Even
     status_code=status.HTTP_202_ACCEPTED,
     summary="Record up to 1,000 events; valid ones are stored, invalid ones reported per item",
     response_model=BatchResult,
+    dependencies=[Depends(require_ingest_key)],
 )
 async def create_events_batch(
     request: Request,
-    _key: IngestKey,
     events: Annotated[list[Any], Body(embed=True, description="up to 1,000 events")],
 ):
     if not events:
@@ -67,40 +68,47 @@ async def create_events_batch(
     return JSONResponse(result.model_dump(mode="json"), status_code=202)
 
 
-@router.get("/v1/events", summary="Stored events, newest first")
+@router.get(
+    "/v1/events",
+    summary="Stored events, newest first",
+    dependencies=[Depends(require_private_key)],
+)
 def list_events(
     engine: EngineDep,
-    _key: PrivateKey,
     profile_id: Annotated[str | None, Query()] = None,
     metric: Annotated[str | None, Query(description="metric name")] = None,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
 ) -> Page[EventPublic]:
-    stmt = (
-        select(Event, Metric.name)
-        .join(Metric, Metric.id == Event.metric_id)
-        .order_by(Event.id.desc())
-        .limit(limit + 1)
-    )
-    if (before := decode_cursor(cursor)) is not None:
-        if not before.isdigit():
-            raise invalid("cursor", "not a cursor returned by this API")
-        stmt = stmt.where(Event.id < int(before))
+    before = decode_int_cursor(cursor)
+    stmt = select(Event, Metric.name).join(Metric, Metric.id == Event.metric_id)
     if profile_id is not None:
         stmt = stmt.where(Event.profile_id == profile_id)
     if metric is not None:
         stmt = stmt.where(Metric.name == metric)
     with session_scope(engine) as session:
-        rows = list(session.execute(stmt))
-    page = rows[:limit]
+        page, next_cursor = keyset_page(
+            session,
+            stmt,
+            Event.id,
+            limit,
+            before,
+            descending=True,
+            scalars=False,
+            last_key=lambda row: row[0].id,
+        )
     return Page[EventPublic](
         data=[EventPublic.model_validate({**e.model_dump(), "metric": name}) for e, name in page],
-        next_cursor=encode_cursor(page[-1][0].id) if len(rows) > limit else None,
+        next_cursor=next_cursor,
     )
 
 
-@router.get("/v1/metrics", summary="Known metrics: the built-in catalogue and custom ones")
-def list_metrics(engine: EngineDep, _key: PrivateKey) -> list[MetricPublic]:
+@router.get(
+    "/v1/metrics",
+    summary="Known metrics: the built-in catalogue and custom ones",
+    dependencies=[Depends(require_private_key)],
+)
+def list_metrics(engine: EngineDep) -> list[MetricPublic]:
     with session_scope(engine) as session:
         rows = session.scalars(select(Metric).order_by(Metric.builtin.desc(), Metric.name))
         return [MetricPublic.model_validate(m.model_dump()) for m in rows]

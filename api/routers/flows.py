@@ -5,19 +5,20 @@ problems at once. Replacing a definition stores a new version; running enrollmen
 version they started on, new ones start on the newest.
 """
 
-from fastapi import APIRouter, BackgroundTasks, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response, status
 from sqlalchemy import select
 from sqlmodel import Session
 
-from api.deps import EngineDep, PrivateKey
+from api.deps import EngineDep, require_private_key
 from api.errors import ApiError, invalid, not_found
-from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
+from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, keyset_page
 from api.temporal_link import stop_enrollments
 from herald.core.db import session_scope
 from herald.core.ids import new_id
 from herald.flows.cancellation import cancel_enrollments
 from herald.flows.graph import FlowDefinition, ListTrigger, MetricTrigger, SegmentTrigger
 from herald.flows.validation import validate_definition
+from herald.segments.store import live_segment_ids
 from models.events import Metric
 from models.flow_dto import (
     FlowCreate,
@@ -33,7 +34,7 @@ from models.lists import ProfileList
 from models.segments import Segment
 from models.types import utcnow
 
-router = APIRouter(prefix="/v1/flows", tags=["flows"])
+router = APIRouter(prefix="/v1/flows", tags=["flows"], dependencies=[Depends(require_private_key)])
 
 # Statuses in which enrollments run: the definition must be valid against today's lists/metrics.
 _RUNNING_STATUSES = ("manual", "live")
@@ -52,7 +53,7 @@ def require_valid(session: Session, defn: FlowDefinition) -> None:
         defn,
         known_metrics=set(session.scalars(select(Metric.name))),
         known_lists=set(session.scalars(select(ProfileList.id))),
-        known_segments=set(session.scalars(select(Segment.id).where(Segment.status == "live"))),
+        known_segments=live_segment_ids(session),
         draft_segments=set(session.scalars(select(Segment.id).where(Segment.status == "draft"))),
     )
     if problems:
@@ -101,7 +102,7 @@ def _latest(session: Session, flow: Flow) -> FlowVersion:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Create a flow (version 1)")
-def create_flow(body: FlowCreate, engine: EngineDep, _key: PrivateKey) -> FlowPublic:
+def create_flow(body: FlowCreate, engine: EngineDep) -> FlowPublic:
     defn = body.definition()
     with session_scope(engine) as session:
         require_valid(session, defn)
@@ -117,27 +118,21 @@ def create_flow(body: FlowCreate, engine: EngineDep, _key: PrivateKey) -> FlowPu
 @router.get("", summary="List flows, oldest first")
 def list_flows(
     engine: EngineDep,
-    _key: PrivateKey,
     status: FlowStatus | None = None,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
 ) -> Page[FlowSummary]:
-    stmt = select(Flow).where(Flow.deleted_at.is_(None)).order_by(Flow.id).limit(limit + 1)
+    after = decode_cursor(cursor)
+    stmt = select(Flow).where(Flow.deleted_at.is_(None))
     if status is not None:
         stmt = stmt.where(Flow.status == status)
-    if (after := decode_cursor(cursor)) is not None:
-        stmt = stmt.where(Flow.id > after)
     with session_scope(engine) as session:
-        rows = list(session.scalars(stmt))
-    page = rows[:limit]
-    return Page[FlowSummary](
-        data=[_summary(r) for r in page],
-        next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None,
-    )
+        page, next_cursor = keyset_page(session, stmt, Flow.id, limit, after)
+    return Page[FlowSummary](data=[_summary(r) for r in page], next_cursor=next_cursor)
 
 
 @router.get("/{flow_id}", summary="Get a flow with its current definition")
-def get_flow(flow_id: str, engine: EngineDep, _key: PrivateKey) -> FlowPublic:
+def get_flow(flow_id: str, engine: EngineDep) -> FlowPublic:
     with session_scope(engine) as session:
         flow = load_flow(session, flow_id)
         return _public(flow, _latest(session, flow))
@@ -147,7 +142,7 @@ def get_flow(flow_id: str, engine: EngineDep, _key: PrivateKey) -> FlowPublic:
     "/{flow_id}",
     summary="Rename a flow or change its status (manual and live need a valid definition)",
 )
-def patch_flow(flow_id: str, body: FlowUpdate, engine: EngineDep, _key: PrivateKey) -> FlowPublic:
+def patch_flow(flow_id: str, body: FlowUpdate, engine: EngineDep) -> FlowPublic:
     with session_scope(engine) as session:
         flow = load_flow(session, flow_id, for_update=True)
         latest = _latest(session, flow)
@@ -168,9 +163,7 @@ def patch_flow(flow_id: str, body: FlowUpdate, engine: EngineDep, _key: PrivateK
     "/{flow_id}/definition",
     summary="Replace the definition: a new version when anything changed",
 )
-def replace_definition(
-    flow_id: str, body: FlowDefinitionIn, engine: EngineDep, _key: PrivateKey
-) -> FlowPublic:
+def replace_definition(flow_id: str, body: FlowDefinitionIn, engine: EngineDep) -> FlowPublic:
     defn = body.definition()
     with session_scope(engine) as session:
         # Locked so two concurrent edits get versions N+1 and N+2, not one conflict.
@@ -192,37 +185,25 @@ def replace_definition(
 
 @router.get("/{flow_id}/versions", summary="A flow's versions, oldest first")
 def list_versions(
-    flow_id: str,
-    engine: EngineDep,
-    _key: PrivateKey,
-    limit: LimitQuery = 50,
-    cursor: CursorQuery = None,
+    flow_id: str, engine: EngineDep, limit: LimitQuery = 50, cursor: CursorQuery = None
 ) -> Page[FlowVersionPublic]:
     after = decode_cursor(cursor)
     if after is not None and not after.isdecimal():
         raise invalid("cursor", "not a cursor returned by this API")
-    stmt = (
-        select(FlowVersion)
-        .where(FlowVersion.flow_id == flow_id)
-        .order_by(FlowVersion.version)
-        .limit(limit + 1)
-    )
-    if after is not None:
-        stmt = stmt.where(FlowVersion.version > int(after))
+    stmt = select(FlowVersion).where(FlowVersion.flow_id == flow_id)
     with session_scope(engine) as session:
         load_flow(session, flow_id)
-        rows = list(session.scalars(stmt))
-    page = rows[:limit]
+        page, next_cursor = keyset_page(
+            session, stmt, FlowVersion.version, limit, None if after is None else int(after)
+        )
     return Page[FlowVersionPublic](
         data=[FlowVersionPublic.model_validate(r.model_dump()) for r in page],
-        next_cursor=encode_cursor(page[-1].version) if len(rows) > limit else None,
+        next_cursor=next_cursor,
     )
 
 
 @router.get("/{flow_id}/versions/{version}", summary="One version of a flow's definition")
-def get_version(
-    flow_id: str, version: int, engine: EngineDep, _key: PrivateKey
-) -> FlowVersionPublic:
+def get_version(flow_id: str, version: int, engine: EngineDep) -> FlowVersionPublic:
     with session_scope(engine) as session:
         load_flow(session, flow_id)
         row = session.get(FlowVersion, (flow_id, version))
@@ -250,11 +231,7 @@ def _soft_delete(engine, flow_id: str) -> list[str]:
     "the workflows (terminating any that do not stop within five minutes).",
 )
 def delete_flow(
-    flow_id: str,
-    request: Request,
-    engine: EngineDep,
-    _key: PrivateKey,
-    background: BackgroundTasks,
+    flow_id: str, request: Request, engine: EngineDep, background: BackgroundTasks
 ) -> Response:
     cancelled = _soft_delete(engine, flow_id)
     # After the response: a flow may have thousands of running enrollments, and the cancelled

@@ -2,12 +2,12 @@
 
 import asyncio
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from api.deps import PrivateKey
+from api.deps import require_private_key
 
 router = APIRouter(tags=["operations"])
 
@@ -39,6 +39,10 @@ def _database_ok(engine) -> bool:
         return False
 
 
-@router.get("/metrics", summary="Prometheus metrics (needs a private key)")
-async def metrics(_key: PrivateKey) -> Response:
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (needs a private key)",
+    dependencies=[Depends(require_private_key)],
+)
+async def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

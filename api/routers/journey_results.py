@@ -5,11 +5,11 @@ The rules and the SQL live in herald/analytics/journey.py; member lists run the 
 the segment, so a list, its count and a segment saved from it always agree.
 """
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Depends, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlmodel import Session
 
-from api.deps import EngineDep, PrivateKey
+from api.deps import EngineDep, require_private_key
 from api.errors import invalid, not_found, segment_problem
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
 from herald.analytics.journey import (
@@ -25,7 +25,7 @@ from herald.segments.store import SegmentProblem, create_segment
 from models.segment_dto import SegmentPublic
 from models.types import reject_nul, utcnow
 
-router = APIRouter(tags=["journey results"])
+router = APIRouter(tags=["journey results"], dependencies=[Depends(require_private_key)])
 
 
 class StepResults(BaseModel):
@@ -65,7 +65,7 @@ class SaveAsSegment(BaseModel):
 
 
 @router.get("/v1/flows/{flow_id}/results", summary="A flow's journey results, step by step")
-def flow_results(flow_id: str, engine: EngineDep, _key: PrivateKey) -> RunResults:
+def flow_results(flow_id: str, engine: EngineDep) -> RunResults:
     return _results(engine, "flow", flow_id)
 
 
@@ -76,7 +76,6 @@ def flow_results(flow_id: str, engine: EngineDep, _key: PrivateKey) -> RunResult
 def flow_result_members(
     flow_id: str,
     engine: EngineDep,
-    _key: PrivateKey,
     result: str,
     step_id: str | None = None,
     reason: str | None = None,
@@ -91,9 +90,7 @@ def flow_result_members(
     status_code=status.HTTP_201_CREATED,
     summary="Save a flow result as a new draft segment",
 )
-def save_flow_result(
-    flow_id: str, body: SaveAsSegment, engine: EngineDep, _key: PrivateKey
-) -> SegmentPublic:
+def save_flow_result(flow_id: str, body: SaveAsSegment, engine: EngineDep) -> SegmentPublic:
     return _save(engine, "flow", flow_id, body)
 
 
@@ -104,7 +101,7 @@ def save_flow_result(
     "/v1/campaigns/{campaign_id}/results",
     summary="A campaign's journey results, message by message",
 )
-def campaign_results(campaign_id: str, engine: EngineDep, _key: PrivateKey) -> RunResults:
+def campaign_results(campaign_id: str, engine: EngineDep) -> RunResults:
     return _results(engine, "campaign", campaign_id)
 
 
@@ -115,7 +112,6 @@ def campaign_results(campaign_id: str, engine: EngineDep, _key: PrivateKey) -> R
 def campaign_result_members(
     campaign_id: str,
     engine: EngineDep,
-    _key: PrivateKey,
     result: str,
     step_id: str | None = None,
     reason: str | None = None,
@@ -130,9 +126,7 @@ def campaign_result_members(
     status_code=status.HTTP_201_CREATED,
     summary="Save a campaign result as a new draft segment",
 )
-def save_campaign_result(
-    campaign_id: str, body: SaveAsSegment, engine: EngineDep, _key: PrivateKey
-) -> SegmentPublic:
+def save_campaign_result(campaign_id: str, body: SaveAsSegment, engine: EngineDep) -> SegmentPublic:
     return _save(engine, "campaign", campaign_id, body)
 
 

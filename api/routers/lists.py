@@ -1,13 +1,13 @@
 """Lists: CRUD and bulk membership changes (all-or-nothing per call)."""
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Depends, Response, status
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import select
 from sqlmodel import Session
 
-from api.deps import EngineDep, PrivateKey
+from api.deps import EngineDep, require_private_key
 from api.errors import invalid, not_found
-from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
+from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, keyset_page
 from api.profile_pages import members_page
 from herald.core.db import session_scope
 from herald.core.ids import new_id
@@ -24,7 +24,7 @@ from models.lists import (
 from models.profile import Profile, ProfilePublic
 from models.types import utcnow
 
-router = APIRouter(prefix="/v1/lists", tags=["lists"])
+router = APIRouter(prefix="/v1/lists", tags=["lists"], dependencies=[Depends(require_private_key)])
 
 
 def _load(session: Session, list_id: str) -> ProfileList:
@@ -39,7 +39,7 @@ def _public(row: ProfileList, count: int) -> ListPublic:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Create a list")
-def create_list(body: ListCreate, engine: EngineDep, _key: PrivateKey) -> ListPublic:
+def create_list(body: ListCreate, engine: EngineDep) -> ListPublic:
     with session_scope(engine) as session:
         row = ProfileList(id=new_id("lst"), name=body.name, description=body.description)
         session.add(row)
@@ -48,30 +48,26 @@ def create_list(body: ListCreate, engine: EngineDep, _key: PrivateKey) -> ListPu
 
 @router.get("", summary="List lists, oldest first")
 def list_lists(
-    engine: EngineDep, _key: PrivateKey, limit: LimitQuery = 50, cursor: CursorQuery = None
+    engine: EngineDep, limit: LimitQuery = 50, cursor: CursorQuery = None
 ) -> Page[ListPublic]:
-    stmt = select(ProfileList).order_by(ProfileList.id).limit(limit + 1)
-    if (after := decode_cursor(cursor)) is not None:
-        stmt = stmt.where(ProfileList.id > after)
+    after = decode_cursor(cursor)
     with session_scope(engine) as session:
-        rows = list(session.scalars(stmt))
-        page = rows[:limit]
+        page, next_cursor = keyset_page(session, select(ProfileList), ProfileList.id, limit, after)
         counts = member_counts(session, [r.id for r in page])
         return Page[ListPublic](
-            data=[_public(r, counts.get(r.id, 0)) for r in page],
-            next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None,
+            data=[_public(r, counts.get(r.id, 0)) for r in page], next_cursor=next_cursor
         )
 
 
 @router.get("/{list_id}", summary="Get a list")
-def get_list(list_id: str, engine: EngineDep, _key: PrivateKey) -> ListPublic:
+def get_list(list_id: str, engine: EngineDep) -> ListPublic:
     with session_scope(engine) as session:
         row = _load(session, list_id)
         return _public(row, member_counts(session, [list_id]).get(list_id, 0))
 
 
 @router.patch("/{list_id}", summary="Rename or describe a list")
-def patch_list(list_id: str, body: ListUpdate, engine: EngineDep, _key: PrivateKey) -> ListPublic:
+def patch_list(list_id: str, body: ListUpdate, engine: EngineDep) -> ListPublic:
     with session_scope(engine) as session:
         row = _load(session, list_id)
         for name in body.model_fields_set:
@@ -85,7 +81,7 @@ def patch_list(list_id: str, body: ListUpdate, engine: EngineDep, _key: PrivateK
 
 
 @router.delete("/{list_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a list")
-def delete_list(list_id: str, engine: EngineDep, _key: PrivateKey) -> Response:
+def delete_list(list_id: str, engine: EngineDep) -> Response:
     with session_scope(engine) as session:
         _load(session, list_id)
         session.execute(sql_delete(ProfileList).where(ProfileList.id == list_id))
@@ -93,9 +89,7 @@ def delete_list(list_id: str, engine: EngineDep, _key: PrivateKey) -> Response:
 
 
 @router.post("/{list_id}/members", summary="Add profiles (up to 1,000; unknown ids change nothing)")
-def add_list_members(
-    list_id: str, body: MembersChange, engine: EngineDep, _key: PrivateKey
-) -> MembersChanged:
+def add_list_members(list_id: str, body: MembersChange, engine: EngineDep) -> MembersChanged:
     with session_scope(engine) as session:
         _load(session, list_id)
         try:
@@ -106,9 +100,7 @@ def add_list_members(
 
 
 @router.post("/{list_id}/members/remove", summary="Remove profiles (up to 1,000)")
-def remove_list_members(
-    list_id: str, body: MembersChange, engine: EngineDep, _key: PrivateKey
-) -> MembersChanged:
+def remove_list_members(list_id: str, body: MembersChange, engine: EngineDep) -> MembersChanged:
     with session_scope(engine) as session:
         _load(session, list_id)
         try:
@@ -120,11 +112,7 @@ def remove_list_members(
 
 @router.get("/{list_id}/members", summary="Members of a list, in profile id order")
 def list_members(
-    list_id: str,
-    engine: EngineDep,
-    _key: PrivateKey,
-    limit: LimitQuery = 50,
-    cursor: CursorQuery = None,
+    list_id: str, engine: EngineDep, limit: LimitQuery = 50, cursor: CursorQuery = None
 ) -> Page[ProfilePublic]:
     members = (
         select(Profile)

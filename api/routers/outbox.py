@@ -3,18 +3,24 @@
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from api.deps import EngineDep, PrivateKey
-from api.errors import invalid
-from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
+from api.deps import EngineDep, require_private_key
+from api.pagination import (
+    CursorQuery,
+    LimitQuery,
+    Page,
+    decode_cursor,
+    decode_int_cursor,
+    keyset_page,
+)
 from herald.core.db import session_scope
 from models.delivery import Delivery, OutboxMessage
 from models.enums import Channel
 
-router = APIRouter(tags=["deliveries"])
+router = APIRouter(tags=["deliveries"], dependencies=[Depends(require_private_key)])
 
 
 class OutboxMessagePublic(BaseModel):
@@ -53,18 +59,14 @@ class DeliveryPublic(BaseModel):
 @router.get("/v1/outbox", summary="Messages the embedded outbox provider sent, newest first")
 def list_outbox(
     engine: EngineDep,
-    _key: PrivateKey,
     profile_id: Annotated[str | None, Query()] = None,
     channel: Annotated[Channel | None, Query()] = None,
     delivery_id: Annotated[str | None, Query()] = None,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
 ) -> Page[OutboxMessagePublic]:
-    stmt = select(OutboxMessage).order_by(OutboxMessage.id.desc()).limit(limit + 1)
-    if (before := decode_cursor(cursor)) is not None:
-        if not before.isdigit():
-            raise invalid("cursor", "not a cursor returned by this API")
-        stmt = stmt.where(OutboxMessage.id < int(before))
+    before = decode_int_cursor(cursor)
+    stmt = select(OutboxMessage)
     if profile_id is not None:
         stmt = stmt.where(OutboxMessage.profile_id == profile_id)
     if channel is not None:
@@ -72,13 +74,14 @@ def list_outbox(
     if delivery_id is not None:
         stmt = stmt.where(OutboxMessage.delivery_id == delivery_id)
     with session_scope(engine) as session:
-        rows = list(session.scalars(stmt))
-    page = rows[:limit]
+        page, next_cursor = keyset_page(
+            session, stmt, OutboxMessage.id, limit, before, descending=True
+        )
     return Page[OutboxMessagePublic](
         data=[
             OutboxMessagePublic.model_validate({**m.model_dump(), "to": m.to_address}) for m in page
         ],
-        next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None,
+        next_cursor=next_cursor,
     )
 
 
@@ -88,7 +91,6 @@ def list_outbox(
 )
 def list_deliveries(
     engine: EngineDep,
-    _key: PrivateKey,
     profile_id: Annotated[str | None, Query()] = None,
     run_kind: Annotated[Literal["flow", "campaign"] | None, Query()] = None,
     run_id: Annotated[str | None, Query(description="flow id or campaign id")] = None,
@@ -98,9 +100,8 @@ def list_deliveries(
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
 ) -> Page[DeliveryPublic]:
-    stmt = select(Delivery).order_by(Delivery.id.desc()).limit(limit + 1)
-    if (before := decode_cursor(cursor)) is not None:
-        stmt = stmt.where(Delivery.id < before)
+    before = decode_cursor(cursor)
+    stmt = select(Delivery)
     filters = (
         (Delivery.profile_id, profile_id),
         (Delivery.run_kind, run_kind),
@@ -113,9 +114,8 @@ def list_deliveries(
         if value is not None:
             stmt = stmt.where(column == value)
     with session_scope(engine) as session:
-        rows = list(session.scalars(stmt))
-    page = rows[:limit]
+        page, next_cursor = keyset_page(session, stmt, Delivery.id, limit, before, descending=True)
     return Page[DeliveryPublic](
         data=[DeliveryPublic.model_validate({**d.model_dump(), "to": d.to_address}) for d in page],
-        next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None,
+        next_cursor=next_cursor,
     )

@@ -3,16 +3,16 @@
 from collections.abc import Callable
 from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from sqlalchemy import exists, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import EngineDep, PrivateKey
+from api.deps import EngineDep, require_private_key
 from api.errors import ApiError, invalid, not_found
-from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
+from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, keyset_page
 from api.profile_pages import public
 from api.temporal_link import STOP_TIMEOUT_SECONDS, TEMPORAL_HEADER, TemporalLink
 from herald.core.db import session_scope
@@ -41,7 +41,9 @@ from models.profile import (
 )
 from models.types import utcnow
 
-router = APIRouter(prefix="/v1/profiles", tags=["profiles"])
+router = APIRouter(
+    prefix="/v1/profiles", tags=["profiles"], dependencies=[Depends(require_private_key)]
+)
 
 T = TypeVar("T")
 
@@ -72,7 +74,7 @@ def _retrying(engine: Engine, write: Callable[[Session], T]) -> T:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Create a profile")
-def create_profile(body: ProfileCreate, engine: EngineDep, _key: PrivateKey) -> ProfilePublic:
+def create_profile(body: ProfileCreate, engine: EngineDep) -> ProfilePublic:
     return _retrying(engine, lambda session: _create(session, body))
 
 
@@ -97,9 +99,7 @@ def _create(session: Session, body: ProfileCreate) -> ProfilePublic:
 
 
 @router.post("/upsert", summary="Create or update the profile these identifiers resolve to")
-def upsert_profile(
-    body: ProfileCreate, engine: EngineDep, response: Response, _key: PrivateKey
-) -> ProfilePublic:
+def upsert_profile(body: ProfileCreate, engine: EngineDep, response: Response) -> ProfilePublic:
     return _retrying(engine, lambda session: _upsert(session, body, response))
 
 
@@ -115,7 +115,7 @@ def _upsert(session: Session, body: ProfileCreate, response: Response) -> Profil
 
 
 @router.get("/{profile_id}", summary="Get a profile with its consent and metric totals")
-def get_profile(profile_id: str, engine: EngineDep, _key: PrivateKey) -> dict:
+def get_profile(profile_id: str, engine: EngineDep) -> dict:
     with session_scope(engine) as session:
         profile = load(session, profile_id)
         stats = session.execute(
@@ -136,9 +136,7 @@ def get_profile(profile_id: str, engine: EngineDep, _key: PrivateKey) -> dict:
 
 
 @router.patch("/{profile_id}", summary="Change some fields; a property set to null is removed")
-def patch_profile(
-    profile_id: str, body: ProfileUpdate, engine: EngineDep, _key: PrivateKey
-) -> ProfilePublic:
+def patch_profile(profile_id: str, body: ProfileUpdate, engine: EngineDep) -> ProfilePublic:
     return _retrying(engine, lambda session: _patch(session, profile_id, body))
 
 
@@ -185,9 +183,7 @@ def _delete(engine: Engine, profile_id: str) -> list[str]:
     "Header `Herald-Temporal`: `cancel_requested`, or `pending_reconcile` when Temporal could "
     "not be reached (the worker's periodic reconcile then stops the workflows).",
 )
-async def delete_profile(
-    profile_id: str, request: Request, engine: EngineDep, _key: PrivateKey
-) -> Response:
+async def delete_profile(profile_id: str, request: Request, engine: EngineDep) -> Response:
     cancelled = await run_in_threadpool(_delete, engine, profile_id)
     link: TemporalLink = request.app.state.temporal
     told = await link.stop_workflows(
@@ -199,7 +195,6 @@ async def delete_profile(
 @router.get("", summary="List profiles, oldest first, with filters")
 def list_profiles(
     engine: EngineDep,
-    _key: PrivateKey,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
     email: Annotated[str | None, Query()] = None,
@@ -208,9 +203,8 @@ def list_profiles(
     list_id: Annotated[str | None, Query(description="only members of this list")] = None,
     subscribed: Annotated[Channel | None, Query(description="only consented to this")] = None,
 ) -> Page[ProfilePublic]:
-    stmt = select(Profile).order_by(Profile.id).limit(limit + 1)
-    if (after := decode_cursor(cursor)) is not None:
-        stmt = stmt.where(Profile.id > after)
+    after = decode_cursor(cursor)
+    stmt = select(Profile)
     for name, value, normalize in (
         ("email", email, normalize_email),
         ("phone", phone, normalize_phone),
@@ -238,16 +232,12 @@ def list_profiles(
             )
         )
     with session_scope(engine) as session:
-        rows = list(session.execute(stmt).scalars())
-        page = rows[:limit]
-        return Page[ProfilePublic](
-            data=[public(session, p) for p in page],
-            next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None,
-        )
+        page, next_cursor = keyset_page(session, stmt, Profile.id, limit, after)
+        return Page[ProfilePublic](data=[public(session, p) for p in page], next_cursor=next_cursor)
 
 
 @router.get("/{profile_id}/consent", summary="Consent per channel and its history")
-def get_consent(profile_id: str, engine: EngineDep, _key: PrivateKey) -> dict:
+def get_consent(profile_id: str, engine: EngineDep) -> dict:
     with session_scope(engine) as session:
         load(session, profile_id)
         current = {
@@ -279,7 +269,7 @@ def get_consent(profile_id: str, engine: EngineDep, _key: PrivateKey) -> dict:
 
 @router.put("/{profile_id}/consent/{channel}", summary="Subscribe or unsubscribe one channel")
 def put_consent(
-    profile_id: str, channel: Channel, body: ConsentUpdate, engine: EngineDep, _key: PrivateKey
+    profile_id: str, channel: Channel, body: ConsentUpdate, engine: EngineDep
 ) -> ConsentPublic:
     return _retrying(engine, lambda session: _put_consent(session, profile_id, channel, body))
 

@@ -9,19 +9,19 @@ way.
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Depends, status
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from api.deps import EngineDep, PrivateKey
+from api.deps import EngineDep, require_private_key
 from api.errors import ApiError
-from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
+from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, keyset_page
 from herald.analytics.rfm_run import COMPLETED, run_rfm
 from herald.core.db import session_scope
 from models.segments import RfmRun
 from models.types import utcnow
 
-router = APIRouter(prefix="/v1/rfm", tags=["rfm"])
+router = APIRouter(prefix="/v1/rfm", tags=["rfm"], dependencies=[Depends(require_private_key)])
 
 
 class RfmRunPublic(BaseModel):
@@ -54,29 +54,25 @@ def _public(run: RfmRun) -> RfmRunPublic:
     status_code=status.HTTP_201_CREATED,
     summary="Run the RFM analysis now (201 also when ineligible: see the report's `unmet`)",
 )
-def create_run(engine: EngineDep, _key: PrivateKey) -> RfmRunPublic:
+def create_run(engine: EngineDep) -> RfmRunPublic:
     with session_scope(engine) as session:
         return _public(run_rfm(session, utcnow()).run)
 
 
 @router.get("/runs", summary="RFM runs, latest first")
 def list_runs(
-    engine: EngineDep, _key: PrivateKey, limit: LimitQuery = 20, cursor: CursorQuery = None
+    engine: EngineDep, limit: LimitQuery = 20, cursor: CursorQuery = None
 ) -> Page[RfmRunPublic]:
-    stmt = select(RfmRun).order_by(RfmRun.id.desc()).limit(limit + 1)
-    if (before := decode_cursor(cursor)) is not None:
-        stmt = stmt.where(RfmRun.id < before)
+    before = decode_cursor(cursor)
     with session_scope(engine) as session:
-        rows = list(session.scalars(stmt))
-    page = rows[:limit]
-    return Page[RfmRunPublic](
-        data=[_public(r) for r in page],
-        next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None,
-    )
+        page, next_cursor = keyset_page(
+            session, select(RfmRun), RfmRun.id, limit, before, descending=True
+        )
+    return Page[RfmRunPublic](data=[_public(r) for r in page], next_cursor=next_cursor)
 
 
 @router.get("/report", summary="Group sizes and movements of the latest completed RFM run")
-def latest_report(engine: EngineDep, _key: PrivateKey) -> RfmReport:
+def latest_report(engine: EngineDep) -> RfmReport:
     completed = select(RfmRun).where(RfmRun.status == COMPLETED).order_by(RfmRun.id.desc()).limit(2)
     with session_scope(engine) as session:
         runs = list(session.scalars(completed))

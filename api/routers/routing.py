@@ -2,19 +2,21 @@
 
 from datetime import datetime
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Depends, status
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
-from api.deps import EngineDep, PrivateKey
-from api.errors import invalid, not_found
-from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
+from api.deps import EngineDep, require_private_key
+from api.errors import not_found
+from api.pagination import CursorQuery, LimitQuery, Page, decode_int_cursor, keyset_page
 from herald.core.db import session_scope
 from herald.routing.contract import dead_letter_count, requeue
 from models.routing import RoutingDeadLetter, RoutingOutbox, SegmentRecheck, SegmentRoutingHealth
 from models.types import utcnow
 
-router = APIRouter(prefix="/v1/routing", tags=["operations"])
+router = APIRouter(
+    prefix="/v1/routing", tags=["operations"], dependencies=[Depends(require_private_key)]
+)
 
 
 class FailingSegment(BaseModel):
@@ -56,7 +58,7 @@ class Requeued(BaseModel):
 
 
 @router.get("/status", summary="Outbox backlog, routing progress and routing errors")
-def routing_status(engine: EngineDep, _key: PrivateKey) -> RoutingStatus:
+def routing_status(engine: EngineDep) -> RoutingStatus:
     outbox = RoutingOutbox.__table__
     health, rechecks = SegmentRoutingHealth.__table__, SegmentRecheck.__table__
     with session_scope(engine) as session:
@@ -107,26 +109,19 @@ def routing_status(engine: EngineDep, _key: PrivateKey) -> RoutingStatus:
 
 @router.get("/dead-letters", summary="Parked outbox rows, oldest first")
 def list_dead_letters(
-    engine: EngineDep, _key: PrivateKey, limit: LimitQuery = 50, cursor: CursorQuery = None
+    engine: EngineDep, limit: LimitQuery = 50, cursor: CursorQuery = None
 ) -> Page[DeadLetter]:
+    after = decode_int_cursor(cursor)
     letters, outbox = RoutingDeadLetter.__table__, RoutingOutbox.__table__
     stmt = (
         select(letters, outbox.c.kind, outbox.c.profile_id, outbox.c.event_id)
         .add_columns(outbox.c.segment_id, outbox.c.created_at)
         .join(outbox, outbox.c.id == letters.c.outbox_id)
-        .order_by(letters.c.id)
-        .limit(limit + 1)
     )
-    if (after := decode_cursor(cursor)) is not None:
-        if not after.isdigit():
-            raise invalid("cursor", "not a cursor returned by this API")
-        stmt = stmt.where(letters.c.id > int(after))
     with session_scope(engine) as session:
-        rows = session.execute(stmt).all()
-    page = [DeadLetter.model_validate(row._mapping) for row in rows[:limit]]
-    return Page[DeadLetter](
-        data=page, next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None
-    )
+        rows, next_cursor = keyset_page(session, stmt, letters.c.id, limit, after, scalars=False)
+    page = [DeadLetter.model_validate(row._mapping) for row in rows]
+    return Page[DeadLetter](data=page, next_cursor=next_cursor)
 
 
 @router.post(
@@ -134,7 +129,7 @@ def list_dead_letters(
     status_code=status.HTTP_202_ACCEPTED,
     summary="Put a parked row back in the outbox; the router routes it next",
 )
-def retry_dead_letter(dead_letter_id: int, engine: EngineDep, _key: PrivateKey) -> Requeued:
+def retry_dead_letter(dead_letter_id: int, engine: EngineDep) -> Requeued:
     with session_scope(engine) as session:
         outbox_id = requeue(session, dead_letter_id)
     if outbox_id is None:

@@ -3,13 +3,13 @@
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Depends, Response, status
 from sqlalchemy import select
 from sqlmodel import Session
 
-from api.deps import EngineDep, PrivateKey
+from api.deps import EngineDep, require_private_key
 from api.errors import invalid, not_found, segment_problem
-from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
+from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, keyset_page
 from api.profile_pages import members_page
 from herald.core.db import session_scope
 from herald.segments.store import (
@@ -32,7 +32,9 @@ from models.segment_dto import (
 from models.segments import Segment, SegmentMembership
 from models.types import utcnow
 
-router = APIRouter(prefix="/v1/segments", tags=["segments"])
+router = APIRouter(
+    prefix="/v1/segments", tags=["segments"], dependencies=[Depends(require_private_key)]
+)
 
 
 def _load(session: Session, segment_id: str, for_update: bool = False) -> Segment:
@@ -55,7 +57,7 @@ def _as_api_errors() -> Iterator[None]:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Create a draft segment")
-def create(body: SegmentCreate, engine: EngineDep, _key: PrivateKey) -> SegmentPublic:
+def create(body: SegmentCreate, engine: EngineDep) -> SegmentPublic:
     with session_scope(engine) as session, _as_api_errors():
         row = create_segment(
             session,
@@ -68,7 +70,7 @@ def create(body: SegmentCreate, engine: EngineDep, _key: PrivateKey) -> SegmentP
 
 
 @router.post("/preview", summary="Count and sample a definition's members without saving")
-def preview_segment(body: SegmentPreviewIn, engine: EngineDep, _key: PrivateKey) -> SegmentPreview:
+def preview_segment(body: SegmentPreviewIn, engine: EngineDep) -> SegmentPreview:
     now = utcnow()
     with session_scope(engine) as session, _as_api_errors():
         count, sample = preview(session, body.definition, now, body.sample_size)
@@ -77,30 +79,22 @@ def preview_segment(body: SegmentPreviewIn, engine: EngineDep, _key: PrivateKey)
 
 @router.get("", summary="List segments, oldest first")
 def list_segments(
-    engine: EngineDep, _key: PrivateKey, limit: LimitQuery = 50, cursor: CursorQuery = None
+    engine: EngineDep, limit: LimitQuery = 50, cursor: CursorQuery = None
 ) -> Page[SegmentPublic]:
-    stmt = select(Segment).order_by(Segment.id).limit(limit + 1)
-    if (after := decode_cursor(cursor)) is not None:
-        stmt = stmt.where(Segment.id > after)
+    after = decode_cursor(cursor)
     with session_scope(engine) as session:
-        rows = list(session.scalars(stmt))
-        page = rows[:limit]
-        return Page[SegmentPublic](
-            data=[_public(r) for r in page],
-            next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None,
-        )
+        page, next_cursor = keyset_page(session, select(Segment), Segment.id, limit, after)
+        return Page[SegmentPublic](data=[_public(r) for r in page], next_cursor=next_cursor)
 
 
 @router.get("/{segment_id}", summary="Get a segment")
-def get_segment(segment_id: str, engine: EngineDep, _key: PrivateKey) -> SegmentPublic:
+def get_segment(segment_id: str, engine: EngineDep) -> SegmentPublic:
     with session_scope(engine) as session:
         return _public(_load(session, segment_id))
 
 
 @router.patch("/{segment_id}", summary="Rename a segment or change its definition")
-def patch_segment(
-    segment_id: str, body: SegmentUpdate, engine: EngineDep, _key: PrivateKey
-) -> SegmentPublic:
+def patch_segment(segment_id: str, body: SegmentUpdate, engine: EngineDep) -> SegmentPublic:
     for name in body.model_fields_set:
         if getattr(body, name) is None:
             raise invalid(name, "must not be null")
@@ -118,9 +112,7 @@ def patch_segment(
 
 
 @router.post("/{segment_id}/status", summary="Set a segment live or back to draft")
-def change_status(
-    segment_id: str, body: SegmentStatusChange, engine: EngineDep, _key: PrivateKey
-) -> SegmentPublic:
+def change_status(segment_id: str, body: SegmentStatusChange, engine: EngineDep) -> SegmentPublic:
     with session_scope(engine) as session, _as_api_errors():
         row = _load(session, segment_id, for_update=True)
         set_status(session, row, body.status, utcnow())
@@ -128,7 +120,7 @@ def change_status(
 
 
 @router.delete("/{segment_id}", status_code=204, summary="Delete a segment that nothing uses")
-def delete(segment_id: str, engine: EngineDep, _key: PrivateKey) -> Response:
+def delete(segment_id: str, engine: EngineDep) -> Response:
     with session_scope(engine) as session, _as_api_errors():
         delete_segment(session, _load(session, segment_id, for_update=True))
     return Response(status_code=204)
@@ -136,11 +128,7 @@ def delete(segment_id: str, engine: EngineDep, _key: PrivateKey) -> Response:
 
 @router.get("/{segment_id}/members", summary="The segment's members, by profile id")
 def members(
-    segment_id: str,
-    engine: EngineDep,
-    _key: PrivateKey,
-    limit: LimitQuery = 50,
-    cursor: CursorQuery = None,
+    segment_id: str, engine: EngineDep, limit: LimitQuery = 50, cursor: CursorQuery = None
 ) -> Page[ProfilePublic]:
     members = (
         select(Profile)

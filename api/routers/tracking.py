@@ -6,17 +6,19 @@ Invalid messages are reported and skipped; the valid ones in the same call are s
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import EngineDep, IngestKey
+from api.deps import EngineDep, require_ingest_key
 from api.errors import ApiError, invalid
 from api.event_batches import batch_response, validate_items
 from herald.ingest.identify_calls import identify
 from herald.ingest.tracking_calls import identify_to_profile, track_to_event
 from models.events import MAX_BATCH_EVENTS
 
-router = APIRouter(prefix="/v1", tags=["tracking (Segment-compatible)"])
+router = APIRouter(
+    prefix="/v1", tags=["tracking (Segment-compatible)"], dependencies=[Depends(require_ingest_key)]
+)
 
 _IGNORED_TYPES = {"page", "screen", "group", "alias"}
 
@@ -68,23 +70,20 @@ async def _process(request: Request, engine, messages: list[Any], field: str) ->
 
 @router.post("/batch", summary="Segment batch upload (identify and track messages)")
 async def segment_batch(
-    request: Request,
-    engine: EngineDep,
-    _key: IngestKey,
-    batch: Annotated[list[Any], Body(embed=True)],
+    request: Request, engine: EngineDep, batch: Annotated[list[Any], Body(embed=True)]
 ) -> dict:
     return await _process(request, engine, batch, "batch")
 
 
 @router.post("/identify", summary="Segment identify")
 async def segment_identify(
-    request: Request, engine: EngineDep, _key: IngestKey, message: dict[str, Any] = Body()
+    request: Request, engine: EngineDep, message: dict[str, Any] = Body()
 ) -> dict:
     return await _process(request, engine, [{**message, "type": "identify"}], "message")
 
 
 @router.post("/track", summary="Segment track")
 async def segment_track(
-    request: Request, engine: EngineDep, _key: IngestKey, message: dict[str, Any] = Body()
+    request: Request, engine: EngineDep, message: dict[str, Any] = Body()
 ) -> dict:
     return await _process(request, engine, [{**message, "type": "track"}], "message")

@@ -133,8 +133,6 @@ class SmtpProvider:
             # server or its configuration is at fault, not this message, so it is retried.
             raise ProviderUnavailable(f"SMTP server {s.smtp_host}:{s.smtp_port}: {exc}") from exc
 
-    # activities/webhooks.py (internal alerts) still calls the old name; it goes once it moves.
-
 
 def providers_for(settings: Settings) -> dict[Channel, ChannelProvider]:
     """The provider per channel: the outbox for all, SMTP for email when configured."""

@@ -77,7 +77,3 @@ def event_matches(
     """All filters hold for an event; `$value` names the event's value."""
     data = {**properties, "$value": value if value is not None else properties.get("$value")}
     return all(compare(lookup(data, f.property), f.operator, f.value) for f in filters)
-
-
-def data_matches(data: dict[str, Any], filters: list[PropertyFilter]) -> bool:
-    return all(compare(lookup(data, f.property), f.operator, f.value) for f in filters)

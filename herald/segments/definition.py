@@ -91,7 +91,6 @@ OPERATORS: dict[str, tuple[str, ...]] = {
     "list": ("contains", "not_contains", "is_set", "not_set"),
 }
 NEGATIVE_OPERATORS = frozenset({"not_equals", "not_contains", "not_in", "not_set"})
-EVENT_FILTER_TYPES = ("text", "number", "boolean")
 
 # Property keys end up inside JSON paths: keep them plain.
 PROPERTY_KEY = r"^[A-Za-z0-9_$][A-Za-z0-9 _.:$-]{0,199}$"

@@ -36,7 +36,6 @@ from models.segments import Segment
 # Statuses in which a flow or campaign reads its segments: a segment they use stays live.
 _FLOW_USING = ("manual", "live")
 _CAMPAIGN_USING = ("draft", "scheduled", "sending")
-_METRIC_HINT = "a metric exists once an event names it"
 
 
 @dataclass
