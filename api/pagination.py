@@ -49,7 +49,8 @@ def decode_int_cursor(cursor: str | None) -> int | None:
     """The integer id a cursor holds (for tables keyed by an autoincrement id)."""
     if (value := decode_cursor(cursor)) is None:
         return None
-    if not value.isdigit():
+    # isdigit() alone takes "²", which int() refuses.
+    if not (value.isascii() and value.isdigit()):
         raise invalid("cursor", "not a cursor returned by this API")
     return int(value)
 

@@ -180,3 +180,11 @@ def test_a_raw_control_character_is_invalid_json_reported_on_the_body(api, db):
 @pytest.mark.parametrize("url", NUL_CURSORS)
 def test_a_cursor_that_decodes_to_nul_is_a_422_naming_it(api, db, url):
     assert_names_field(api.get(url), "cursor")
+
+
+@pytest.mark.parametrize("path", ["/v1/events", "/v1/outbox", "/v1/routing/dead-letters"])
+def test_a_cursor_that_is_not_an_ascii_number_is_a_422_naming_it(api, path):
+    from api.pagination import encode_cursor
+
+    response = api.get(path, params={"cursor": encode_cursor("²")})
+    assert_names_field(response, "cursor")
