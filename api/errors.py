@@ -12,6 +12,15 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from herald.core.errors import (
+    Conflict,
+    DomainError,
+    Invalid,
+    Locked,
+    NotFound,
+    NotReady,
+    Unavailable,
+)
 from herald.segments.store import SegmentProblem
 
 
@@ -54,6 +63,24 @@ def segment_problem(problem: SegmentProblem) -> ApiError:
     return ApiError(problem.status, code, problem.message, problem.errors)
 
 
+# Each kind of domain refusal, and its HTTP answer (status, code), most specific first.
+_DOMAIN_ANSWERS: tuple[tuple[type[DomainError], int, str], ...] = (
+    (NotFound, 404, "not_found"),
+    (Invalid, 422, "validation_error"),
+    (NotReady, 422, "not_ready"),
+    (Conflict, 409, "conflict"),
+    (Locked, 423, "locked"),
+    (Unavailable, 503, "temporal_unavailable"),
+)
+
+
+def domain_error(exc: DomainError) -> ApiError:
+    for kind, status, code in _DOMAIN_ANSWERS:
+        if isinstance(exc, kind):
+            return ApiError(status, code, exc.message, exc.errors)
+    return ApiError(400, "refused", exc.message, exc.errors)
+
+
 def payload_too_large(limit: int) -> ApiError:
     reason = f"the body exceeds {limit // (1024 * 1024)} MiB"
     return ApiError(413, "payload_too_large", reason, [{"field": "body", "reason": reason}])
@@ -92,6 +119,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             _body(exc.code, exc.message, exc.errors), status_code=exc.status, headers=exc.headers
         )
+
+    @app.exception_handler(DomainError)
+    async def _domain_error(request: Request, exc: DomainError) -> JSONResponse:
+        return await _api_error(request, domain_error(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -144,12 +144,14 @@ async def test_unscheduling_and_cancelling_stop_the_pending_sends(stack):
     await parked()
     assert (await admin.post(f"/v1/campaigns/{cid}/unschedule")).status_code == 200
     assert (await admin.get(f"/v1/campaigns/{cid}")).json()["status"] == "draft"
-    # The parent cancels its path children as it handles the cancellation: wait for that.
-    for _ in range(500):
-        if (await path_handle.describe()).status.name != "RUNNING":
-            break
-        await asyncio.sleep(0.02)
-    assert (await path_handle.describe()).status.name == "CANCELED"
+    # The parent cancels its path children as it handles the cancellation: wait for both (a
+    # schedule while the parent still closes is a 409 "still running, try again shortly").
+    for workflow in (path_handle, handle):
+        for _ in range(500):
+            if (await workflow.describe()).status.name != "RUNNING":
+                break
+            await asyncio.sleep(0.02)
+        assert (await workflow.describe()).status.name == "CANCELED"
 
     # Scheduled again, then cancelled: the timer never fires, nothing is sent.
     assert (await admin.post(f"/v1/campaigns/{cid}/schedule")).status_code == 200

@@ -1,33 +1,17 @@
 """Omnichannel campaigns: drafts (settings, paths, messages), review, schedule, cancel, report.
 
-The rules live in herald/campaigns/store.py (limits, locks, audiences, snapshot) and
-herald/campaigns/review.py (errors and warnings); this router maps requests onto them and their
-errors onto HTTP. Scheduling writes the database first and then starts the campaign's workflow;
-when Temporal cannot take it, the campaign goes back to draft and the answer is a 503, so
-scheduling never half-happens. Unscheduling stops the workflow before reverting to draft, for
-the same reason; cancelling is recorded first (a cancelled campaign sends nothing more) and
-the workflow is cancelled after, best effort: when Temporal cannot be reached the call still
-succeeds (header `Herald-Temporal: pending_reconcile`) and the worker's periodic reconcile
-cancels the workflow (see herald/flows/cancellation.py).
+The rules live in herald/campaigns/: store.py (limits, locks, audiences, snapshot), review.py
+(errors and warnings) and lifecycle.py (schedule, unschedule, cancel, in the database and in
+Temporal). This router maps requests onto them; their errors become HTTP in api/errors.py.
 """
-
-import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from datetime import timedelta
 
 import structlog
 from fastapi import APIRouter, Depends, Request, Response, status
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
-from starlette.concurrency import run_in_threadpool
-from temporalio.client import Client
-from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import EngineDep, SettingsDep, require_private_key
-from api.errors import ApiError, invalid, not_found
 from api.pagination import (
     CursorQuery,
     LimitQuery,
@@ -37,12 +21,9 @@ from api.pagination import (
     encode_time_cursor,
     keyset_page,
 )
-from api.temporal_link import TEMPORAL_HEADER, TemporalLink
-from herald.campaigns import store
-from herald.campaigns.contract import CAMPAIGN_WORKFLOW, CampaignSnapshot, campaign_workflow_id
-from herald.core.config import Settings
+from api.temporal_link import TEMPORAL_HEADER
+from herald.campaigns import lifecycle, store
 from herald.core.db import session_scope
-from herald.core.search_attributes import attributes
 from models.campaign_dto import (
     CampaignCreate,
     CampaignPublic,
@@ -73,20 +54,9 @@ log = structlog.get_logger("herald.api")
 TEMPORAL_TIMEOUT_SECONDS = 5.0
 
 
-@contextmanager
-def _session(engine: Engine) -> Iterator[Session]:
-    """A transaction whose domain errors become HTTP errors."""
-    try:
-        with session_scope(engine) as session:
-            yield session
-    except store.CampaignNotFound as exc:
-        raise not_found(exc.what, exc.ident) from None
-    except store.InvalidCampaign as exc:
-        raise invalid(exc.field, exc.reason) from None
-    except store.CampaignLocked as exc:
-        raise ApiError(423, "locked", str(exc)) from None
-    except store.CampaignConflict as exc:
-        raise ApiError(409, "conflict", str(exc)) from None
+def _session(engine: Engine):
+    """A transaction; domain errors become HTTP errors in api/errors.py."""
+    return session_scope(engine)
 
 
 def _draft(session: Session, campaign_id: str) -> Campaign:
@@ -277,87 +247,6 @@ def review_campaign(campaign_id: str, engine: EngineDep, settings: SettingsDep) 
         )
 
 
-def _not_ready(review: CampaignReview) -> ApiError:
-    errors = [
-        {"field": p.field or "campaign", "reason": p.message, "code": p.code}
-        for p in review.campaign.errors
-    ]
-    for message in review.messages:
-        errors.extend(
-            {
-                "field": f"messages[{message.message_id}].{p.field}"
-                if p.field
-                else f"messages[{message.message_id}]",
-                "reason": p.message,
-                "code": p.code,
-            }
-            for p in message.errors
-        )
-    shown = "; ".join(f"{e['field']}: {e['reason']}" for e in errors[:5])
-    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-    return ApiError(
-        422,
-        "not_ready",
-        f"the campaign has {len(errors)} error(s) and cannot be scheduled: {shown}{more}",
-        errors,
-    )
-
-
-def _mark_scheduled(engine: Engine, settings: Settings, campaign_id: str) -> CampaignSnapshot:
-    with _session(engine) as session:
-        campaign = _draft(session, campaign_id)
-        if campaign.status != "draft":
-            raise ApiError(
-                409,
-                "conflict",
-                f"campaign {campaign_id!r} is {campaign.status}: only a draft can be scheduled",
-            )
-        now = utcnow()
-        review = store.review(session, campaign, default_email_sender=settings.smtp_sender, now=now)
-        if not review.ready:
-            raise _not_ready(review)
-        store.mark_scheduled(session, campaign, now)
-        return store.snapshot(session, campaign_id, settings.search_attributes)
-
-
-def _undo_schedule(engine: Engine, campaign_id: str) -> None:
-    with _session(engine) as session:
-        campaign = _draft(session, campaign_id)
-        if campaign.status == "scheduled" and not store.anything_sent(session, campaign):
-            store.revert_to_draft(session, campaign)
-
-
-async def _client(link: TemporalLink) -> Client:
-    return await asyncio.wait_for(link.client(), TEMPORAL_TIMEOUT_SECONDS)
-
-
-async def _start_workflow(link: TemporalLink, settings: Settings, snap: CampaignSnapshot) -> None:
-    client = await _client(link)
-    workflow_id = campaign_workflow_id(snap.settings.campaign_id)
-    try:
-        await client.start_workflow(
-            CAMPAIGN_WORKFLOW,
-            snap,
-            id=workflow_id,
-            task_queue=settings.task_queue,
-            search_attributes=attributes(kind="campaign", campaign_id=snap.settings.campaign_id)
-            if settings.search_attributes
-            else None,
-            rpc_timeout=timedelta(seconds=TEMPORAL_TIMEOUT_SECONDS),
-        )
-    except WorkflowAlreadyStartedError:
-        raise
-    except Exception:
-        # A timeout does not say the start failed: make sure no workflow runs a campaign that
-        # is about to go back to draft.
-        with suppress(Exception):
-            await asyncio.wait_for(
-                client.get_workflow_handle(workflow_id).terminate(reason="scheduling failed"),
-                TEMPORAL_TIMEOUT_SECONDS,
-            )
-        raise
-
-
 @router.post(
     "/{campaign_id}/schedule",
     summary="Schedule a draft: refused with the review's errors; 503 if Temporal is down",
@@ -365,78 +254,7 @@ async def _start_workflow(link: TemporalLink, settings: Settings, snap: Campaign
 async def schedule_campaign(
     campaign_id: str, request: Request, engine: EngineDep, settings: SettingsDep
 ) -> CampaignPublic:
-    snap = await run_in_threadpool(_mark_scheduled, engine, settings, campaign_id)
-    try:
-        await _start_workflow(request.app.state.temporal, settings, snap)
-    except WorkflowAlreadyStartedError:
-        await run_in_threadpool(_undo_schedule, engine, campaign_id)
-        raise ApiError(
-            409,
-            "conflict",
-            f"workflow {campaign_workflow_id(campaign_id)!r} from an earlier scheduling is "
-            "still running (it is stopping after an unschedule); the campaign stays a draft, "
-            "try again shortly",
-        ) from None
-    except Exception as exc:
-        log.warning(
-            "campaign not scheduled: Temporal failed", campaign=campaign_id, error=repr(exc)
-        )
-        await run_in_threadpool(_undo_schedule, engine, campaign_id)
-        raise ApiError(
-            503,
-            "temporal_unavailable",
-            "the campaign was not scheduled: Temporal could not be reached to start its "
-            "workflow; it is still a draft, try again when Temporal is up",
-        ) from None
-    return await run_in_threadpool(_read, engine, campaign_id)
-
-
-def _read(engine: Engine, campaign_id: str) -> CampaignPublic:
-    with _session(engine) as session:
-        return store.public(session, store.load_campaign(session, campaign_id))
-
-
-def _require_revertible(engine: Engine, campaign_id: str) -> None:
-    with _session(engine) as session:
-        campaign = store.load_campaign(session, campaign_id)
-        if campaign.status not in store.ACTIVE_STATUSES:
-            raise ApiError(
-                409,
-                "conflict",
-                f"campaign {campaign_id!r} is {campaign.status}: only a scheduled campaign can "
-                "be unscheduled",
-            )
-        if store.anything_sent(session, campaign):
-            raise ApiError(
-                409,
-                "conflict",
-                f"campaign {campaign_id!r} has already sent messages: it cannot go back to "
-                "draft (cancel it instead)",
-            )
-
-
-def _revert(engine: Engine, campaign_id: str) -> CampaignPublic:
-    with _session(engine) as session:
-        campaign = _draft(session, campaign_id)
-        if campaign.status in store.ACTIVE_STATUSES:
-            if store.anything_sent(session, campaign):
-                # Sent between the check and the workflow's cancellation: it is stopped now,
-                # so the campaign ends here rather than pretending to be a draft.
-                store.cancel(session, campaign, "operator", utcnow())
-            else:
-                store.revert_to_draft(session, campaign)
-        return store.public(session, campaign)
-
-
-async def _cancel_workflow(link: TemporalLink, campaign_id: str) -> None:
-    """Requests cancellation; a workflow that does not exist (any more) is fine."""
-    client = await _client(link)
-    handle = client.get_workflow_handle(campaign_workflow_id(campaign_id))
-    try:
-        await asyncio.wait_for(handle.cancel(), TEMPORAL_TIMEOUT_SECONDS)
-    except RPCError as exc:
-        if exc.status != RPCStatusCode.NOT_FOUND:
-            raise
+    return await lifecycle.schedule(engine, request.app.state.temporal, settings, campaign_id)
 
 
 @router.post(
@@ -446,42 +264,7 @@ async def _cancel_workflow(link: TemporalLink, campaign_id: str) -> None:
 async def unschedule_campaign(
     campaign_id: str, request: Request, engine: EngineDep
 ) -> CampaignPublic:
-    await run_in_threadpool(_require_revertible, engine, campaign_id)
-    try:
-        await _cancel_workflow(request.app.state.temporal, campaign_id)
-    except Exception as exc:
-        log.warning(
-            "campaign not unscheduled: Temporal failed", campaign=campaign_id, error=repr(exc)
-        )
-        raise ApiError(
-            503,
-            "temporal_unavailable",
-            "the campaign was not unscheduled: Temporal could not be reached to stop its "
-            "workflow; it is still scheduled, try again when Temporal is up",
-        ) from None
-    public = await run_in_threadpool(_revert, engine, campaign_id)
-    if public.status == "cancelled":
-        raise ApiError(
-            409,
-            "conflict",
-            f"campaign {campaign_id!r} started sending while it was being unscheduled: its "
-            "workflow was stopped and the campaign is now cancelled",
-        )
-    return public
-
-
-def _cancel(engine: Engine, campaign_id: str) -> CampaignPublic:
-    with _session(engine) as session:
-        campaign = _draft(session, campaign_id)
-        if campaign.status not in store.ACTIVE_STATUSES:
-            raise ApiError(
-                409,
-                "conflict",
-                f"campaign {campaign_id!r} is {campaign.status}: only a scheduled or sending "
-                "campaign can be cancelled",
-            )
-        store.cancel(session, campaign, "operator", utcnow())
-        return store.public(session, campaign)
+    return await lifecycle.unschedule(engine, request.app.state.temporal, campaign_id)
 
 
 @router.post(
@@ -495,13 +278,9 @@ def _cancel(engine: Engine, campaign_id: str) -> CampaignPublic:
 async def cancel_campaign(
     campaign_id: str, request: Request, response: Response, engine: EngineDep
 ) -> CampaignPublic:
-    public = await run_in_threadpool(_cancel, engine, campaign_id)
-    # The cancelled row already stops every send: Temporal is told best effort.
-    link: TemporalLink = request.app.state.temporal
-    response.headers[TEMPORAL_HEADER] = await link.stop_workflows(
-        [(campaign_workflow_id(campaign_id), None)], TEMPORAL_TIMEOUT_SECONDS
-    )
-    return public
+    cancelled, told = await lifecycle.cancel(engine, request.app.state.temporal, campaign_id)
+    response.headers[TEMPORAL_HEADER] = told
+    return cancelled
 
 
 # ---- report -------------------------------------------------------------------------------------

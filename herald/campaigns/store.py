@@ -33,6 +33,7 @@ from herald.campaigns.review import (
     review_campaign,
     send_time_passed,
 )
+from herald.core.errors import Conflict, Invalid, Locked, NotFound
 from herald.core.ids import new_id
 from herald.flows.graph import MessageContent
 from herald.segments.membership import segment_clauses
@@ -74,26 +75,26 @@ _LIST_FIELDS = ("include_lists", "exclude_lists")
 _SEGMENT_FIELDS = ("include_segments", "exclude_segments")
 
 
-class CampaignNotFound(LookupError):
-    def __init__(self, what: str, ident: str):
-        super().__init__(f"{what} {ident!r} does not exist")
-        self.what, self.ident = what, ident
+class CampaignNotFound(NotFound):
+    """A campaign, path or message that does not exist."""
 
 
-class InvalidCampaign(ValueError):
-    """Bad input that only the database can tell (a limit, an unknown list): a 422."""
-
-    def __init__(self, field: str, reason: str):
-        super().__init__(f"{field}: {reason}")
-        self.field, self.reason = field, reason
+class InvalidCampaign(Invalid):
+    """Bad input that only the database can tell (a limit, an unknown list)."""
 
 
-class CampaignConflict(Exception):
-    """Not possible in the campaign's state, now or ever (a 409)."""
+class CampaignConflict(Conflict):
+    """Not possible in the campaign's state, now or ever."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
 
 
-class CampaignLocked(Exception):
-    """Not possible while the campaign is scheduled; unscheduling unlocks it (a 423)."""
+class CampaignLocked(Locked):
+    """Not possible while the campaign is scheduled; unscheduling unlocks it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
 
 
 # ---- loading ------------------------------------------------------------------------------------

@@ -7,3 +7,47 @@ class PermanentError(Exception):
     Activities that raise one fail at once, non-retryable (herald/core/activity_errors.py), so a
     bad template or an unevaluable condition fails its step instead of being retried for ever.
     """
+
+
+# ---- what a domain operation refuses, and why -----------------------------------------------
+# Raised by stores and services; api/errors.py maps each kind to its HTTP answer once, so no
+# domain module carries a status code.
+
+
+class DomainError(Exception):
+    """Refused: the message says why, in words an operator can act on."""
+
+    def __init__(self, message: str, errors: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.errors = errors or []
+
+
+class NotFound(DomainError):
+    def __init__(self, what: str, ident: str) -> None:
+        super().__init__(f"{what} {ident!r} does not exist")
+        self.what, self.ident = what, ident
+
+
+class Invalid(DomainError):
+    """Bad input only the domain can tell (a limit, an unknown list): names the field."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}", [{"field": field, "reason": reason}])
+        self.field, self.reason = field, reason
+
+
+class NotReady(DomainError):
+    """Refused for every problem listed in `errors` (each with field, reason and code)."""
+
+
+class Conflict(DomainError):
+    """Not possible in the current state, now or ever."""
+
+
+class Locked(DomainError):
+    """Not possible while something else holds the thing (e.g. a scheduled campaign)."""
+
+
+class Unavailable(DomainError):
+    """A service it needs (Temporal) could not be reached; nothing was changed."""

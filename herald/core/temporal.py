@@ -1,6 +1,7 @@
 """Connecting to Temporal the same way from every process."""
 
 import asyncio
+from typing import Protocol
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -26,3 +27,13 @@ async def connect(
                 raise
             await asyncio.sleep(delay)
     raise AssertionError("unreachable")
+
+
+class TemporalAccess(Protocol):
+    """How a domain service reaches Temporal (the API's lazy link is one)."""
+
+    async def client(self) -> Client: ...
+
+    async def stop_workflows(
+        self, stops: list[tuple[str, str | None]], rpc_seconds: float
+    ) -> str: ...
