@@ -14,8 +14,6 @@ from datetime import timedelta
 
 from temporalio import workflow
 
-from workflows.policies import CAMPAIGN_RETRY
-
 with workflow.unsafe.imports_passed_through():
     from herald.campaigns.contract import (
         CAMPAIGN_WORKFLOW,
@@ -33,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
         path_workflow_id,
     )
     from herald.core import search_attributes as sa
+    from workflows.policies import CAMPAIGN_RETRY
 
 # Sending must outlast database or provider outages: retry with back-off, never give up.
 # A page takes well under a second; a short timeout means a page lost with its worker is

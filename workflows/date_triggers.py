@@ -17,12 +17,11 @@ from temporalio.client import (
     ScheduleSpec,
 )
 
-from workflows.policies import SCHEDULED_JOB_RETRY
-from workflows.schedules import ensure_schedule, scheduled_time
-
 with workflow.unsafe.imports_passed_through():
     from herald.core.config import Settings
     from herald.flows.date_triggers import DateTriggerActivitiesContract, DateTriggerCounts
+    from workflows.policies import SCHEDULED_JOB_RETRY
+    from workflows.schedules import ensure_schedule, scheduled_time
 
 DATE_TRIGGER_SCHEDULE_ID = "herald-date-triggers"
 # The schedule appends the scheduled time to this ID for each run.

@@ -12,13 +12,6 @@ from datetime import datetime, timedelta
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows.policies import (
-    DELIVER_RETRY,
-    WEBHOOK_RETRY,
-    WEBHOOK_SCHEDULE_TO_CLOSE,
-    WEBHOOK_START_TO_CLOSE,
-)
-
 with workflow.unsafe.imports_passed_through():
     from temporalio.exceptions import is_cancelled_exception
 
@@ -61,6 +54,12 @@ with workflow.unsafe.imports_passed_through():
         StepRecord,
     )
     from models.delivery_dto import DeliveryRequest
+    from workflows.policies import (
+        DELIVER_RETRY,
+        WEBHOOK_RETRY,
+        WEBHOOK_SCHEDULE_TO_CLOSE,
+        WEBHOOK_START_TO_CLOSE,
+    )
 
 _LOCAL = {"start_to_close_timeout": timedelta(seconds=30)}
 # Runs cancelled before this patch simply ended; since, a cancelled run closes its enrollment.

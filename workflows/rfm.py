@@ -17,12 +17,11 @@ from temporalio.client import (
 )
 from temporalio.exceptions import ApplicationError
 
-from workflows.policies import RFM_RETRY
-from workflows.schedules import ensure_schedule, scheduled_time
-
 with workflow.unsafe.imports_passed_through():
     from herald.analytics.contract import INVALID_RFM_INPUT, RfmActivitiesContract
     from herald.core.config import Settings
+    from workflows.policies import RFM_RETRY
+    from workflows.schedules import ensure_schedule, scheduled_time
 
 RFM_SCHEDULE_ID = "herald-rfm"
 # The schedule appends the scheduled time to this ID for each run.

@@ -7,8 +7,8 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from herald.routing.contract import RouterActivitiesContract
+    from workflows.policies import ROUTER_RETRY
 
-from workflows.policies import ROUTER_RETRY
 
 ROUTER_WORKFLOW_ID = "herald/router"
 # Each batch adds ~6 history events; continuing well before Temporal's 4k-event suggestion keeps

@@ -17,12 +17,11 @@ from temporalio.client import (
     ScheduleSpec,
 )
 
-from workflows.policies import SCHEDULED_JOB_RETRY
-from workflows.schedules import ensure_schedule, scheduled_time
-
 with workflow.unsafe.imports_passed_through():
     from herald.core.config import Settings
     from herald.segments.contract import SegmentRefreshActivitiesContract, SegmentRefreshCounts
+    from workflows.policies import SCHEDULED_JOB_RETRY
+    from workflows.schedules import ensure_schedule, scheduled_time
 
 SEGMENT_REFRESH_SCHEDULE_ID = "herald-segment-refresh"
 SEGMENT_REFRESH_WORKFLOW_ID = "herald/segment-refresh"
