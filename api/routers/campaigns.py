@@ -5,7 +5,6 @@ The rules live in herald/campaigns/: store.py (limits, locks, audiences, snapsho
 Temporal). This router maps requests onto them; their errors become HTTP in api/errors.py.
 """
 
-import structlog
 from fastapi import APIRouter, Depends, Request, Response, status
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
@@ -48,10 +47,6 @@ from models.types import utcnow
 router = APIRouter(
     prefix="/v1/campaigns", tags=["campaigns"], dependencies=[Depends(require_private_key)]
 )
-log = structlog.get_logger("herald.api")
-
-# How long the API waits for Temporal on an operator's behalf.
-TEMPORAL_TIMEOUT_SECONDS = 5.0
 
 
 def _session(engine: Engine):
