@@ -35,6 +35,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.flows import write_records
 from herald.campaigns import store as campaign_store
+from herald.campaigns import transitions
 from herald.campaigns.contract import campaign_workflow_id
 from herald.core.db import session_scope
 from herald.flows.cancellation import (
@@ -248,7 +249,7 @@ class WorkflowReconciler:
                 for campaign_id, reason in lost.items():
                     campaign = session.get(Campaign, campaign_id, with_for_update=True)
                     if campaign is not None and campaign.status in campaign_store.ACTIVE_STATUSES:
-                        campaign_store.cancel(session, campaign, reason, now)
+                        transitions.cancel(session, campaign, reason, now)
             log.warning("reconcile: cancelled campaigns whose workflow had ended", campaigns=lost)
 
     # ---- Temporal, on the worker's loop -------------------------------------------------------

@@ -14,7 +14,7 @@ list) straight into Herald's database, and measures, in one run:
 2. Herald. One campaign, one path (the list), three messages: email (send time in the past: it
    goes at once), SMS, email; smart sending off (the third message would otherwise skip everyone
    the first reached); exit criteria Placed Order. The rows are inserted the way the API writes
-   them and the snapshot is built by herald/campaigns/store.py, then the "Campaign" workflow is
+   them and the snapshot is built by herald/campaigns/snapshot.py, then the "Campaign" workflow is
    started as the API starts it, on the worker `herald dev` runs (the router runs beside it).
    Send times have minute resolution, so messages 2 and 3 are set far enough ahead (estimated
    from --rate-guess) that message 1 has finished: as soon as message 1 is marked sent, Placed
@@ -66,7 +66,7 @@ from common import (
 )
 from temporalio.api.enums.v1 import EventType
 
-from herald.campaigns import store
+from herald.campaigns import snapshot
 from herald.campaigns.contract import CAMPAIGN_WORKFLOW, campaign_workflow_id
 from herald.core.config import Settings
 from herald.core.db import make_engine, session_scope
@@ -226,7 +226,7 @@ def create_campaign(engine, tag: str, zone: str, list_id: str, times: list[datet
                 )
             )
     with session_scope(engine) as session:
-        return store.snapshot(session, campaign_id, search_attributes=True)
+        return snapshot.snapshot(session, campaign_id, search_attributes=True)
 
 
 # ---- histories ---------------------------------------------------------------------------------

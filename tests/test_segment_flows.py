@@ -143,8 +143,8 @@ async def test_browsing_again_re_enters_and_a_split_reads_the_segment(world):
 
 
 def audience(world, campaign_id: str) -> int:
-    """The campaign's audience as the sender counts it (herald/campaign_store.audience_counts)."""
-    from herald.campaigns.store import audience_counts
+    """The campaign's audience as the sender counts it (review_facts.audience_counts)."""
+    from herald.campaigns.review_facts import audience_counts
     from models.campaigns import Campaign, CampaignPath
 
     with session_scope(world.db.engine) as session:

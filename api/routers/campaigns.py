@@ -21,7 +21,7 @@ from api.pagination import (
     keyset_page,
 )
 from api.temporal_link import TEMPORAL_HEADER
-from herald.campaigns import lifecycle, store
+from herald.campaigns import editing, lifecycle, report, review_facts, store
 from herald.core.db import session_scope
 from models.campaign_dto import (
     CampaignCreate,
@@ -65,7 +65,7 @@ def _draft(session: Session, campaign_id: str) -> Campaign:
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Create a draft campaign")
 def create_campaign(body: CampaignCreate, engine: EngineDep) -> CampaignPublic:
     with _session(engine) as session:
-        return store.public(session, store.create_campaign(session, body))
+        return store.public(session, editing.create_campaign(session, body))
 
 
 @router.get("", summary="List campaigns, oldest first")
@@ -103,7 +103,7 @@ def get_campaign(campaign_id: str, engine: EngineDep) -> CampaignPublic:
 def patch_campaign(campaign_id: str, body: CampaignUpdate, engine: EngineDep) -> CampaignPublic:
     with _session(engine) as session:
         campaign = _draft(session, campaign_id)
-        store.update_campaign(session, campaign, body)
+        editing.update_campaign(session, campaign, body)
         return store.public(session, campaign)
 
 
@@ -114,7 +114,7 @@ def patch_campaign(campaign_id: str, body: CampaignUpdate, engine: EngineDep) ->
 )
 def delete_campaign(campaign_id: str, engine: EngineDep) -> Response:
     with _session(engine) as session:
-        store.delete_campaign(session, _draft(session, campaign_id))
+        editing.delete_campaign(session, _draft(session, campaign_id))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -128,7 +128,7 @@ def delete_campaign(campaign_id: str, engine: EngineDep) -> Response:
 )
 def add_path(campaign_id: str, body: PathCreate, engine: EngineDep) -> PathPublic:
     with _session(engine) as session:
-        path = store.add_path(session, _draft(session, campaign_id), body)
+        path = editing.add_path(session, _draft(session, campaign_id), body)
         return store.path_public(session, path)
 
 
@@ -139,14 +139,14 @@ def add_path(campaign_id: str, body: PathCreate, engine: EngineDep) -> PathPubli
 def reorder_paths(campaign_id: str, body: PathReorder, engine: EngineDep) -> CampaignPublic:
     with _session(engine) as session:
         campaign = _draft(session, campaign_id)
-        store.reorder_paths(session, campaign, body.path_ids)
+        editing.reorder_paths(session, campaign, body.path_ids)
         return store.public(session, campaign)
 
 
 @router.patch("/{campaign_id}/paths/{path_id}", summary="Rename a path or change its audience")
 def patch_path(campaign_id: str, path_id: str, body: PathUpdate, engine: EngineDep) -> PathPublic:
     with _session(engine) as session:
-        path = store.update_path(session, _draft(session, campaign_id), path_id, body)
+        path = editing.update_path(session, _draft(session, campaign_id), path_id, body)
         return store.path_public(session, path)
 
 
@@ -157,7 +157,7 @@ def patch_path(campaign_id: str, path_id: str, body: PathUpdate, engine: EngineD
 )
 def delete_path(campaign_id: str, path_id: str, engine: EngineDep) -> Response:
     with _session(engine) as session:
-        store.delete_path(session, _draft(session, campaign_id), path_id)
+        editing.delete_path(session, _draft(session, campaign_id), path_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -168,7 +168,7 @@ def delete_path(campaign_id: str, path_id: str, engine: EngineDep) -> Response:
 )
 def clone_path(campaign_id: str, path_id: str, engine: EngineDep) -> PathPublic:
     with _session(engine) as session:
-        path = store.clone_path(session, _draft(session, campaign_id), path_id)
+        path = editing.clone_path(session, _draft(session, campaign_id), path_id)
         return store.path_public(session, path)
 
 
@@ -185,7 +185,7 @@ def add_message(
 ) -> MessagePublic:
     with _session(engine) as session:
         campaign = _draft(session, campaign_id)
-        message = store.add_message(session, campaign, path_id, body, utcnow())
+        message = editing.add_message(session, campaign, path_id, body, utcnow())
         return store.message_public(message)
 
 
@@ -198,7 +198,7 @@ def patch_message(
 ) -> MessagePublic:
     with _session(engine) as session:
         campaign = _draft(session, campaign_id)
-        message = store.update_message(session, campaign, path_id, message_id, body, utcnow())
+        message = editing.update_message(session, campaign, path_id, message_id, body, utcnow())
         return store.message_public(message)
 
 
@@ -209,7 +209,7 @@ def patch_message(
 )
 def delete_message(campaign_id: str, path_id: str, message_id: str, engine: EngineDep) -> Response:
     with _session(engine) as session:
-        store.delete_message(session, _draft(session, campaign_id), path_id, message_id)
+        editing.delete_message(session, _draft(session, campaign_id), path_id, message_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -223,7 +223,7 @@ def clone_message(
 ) -> MessagePublic:
     with _session(engine) as session:
         campaign = _draft(session, campaign_id)
-        copy = store.clone_message(session, campaign, path_id, message_id, body.path_id)
+        copy = editing.clone_message(session, campaign, path_id, message_id, body.path_id)
         return store.message_public(copy)
 
 
@@ -237,7 +237,7 @@ def clone_message(
 def review_campaign(campaign_id: str, engine: EngineDep, settings: SettingsDep) -> CampaignReview:
     with _session(engine) as session:
         campaign = store.load_campaign(session, campaign_id)
-        return store.review(
+        return review_facts.review(
             session, campaign, default_email_sender=settings.smtp_sender, now=utcnow()
         )
 
@@ -287,7 +287,7 @@ async def cancel_campaign(
 )
 def campaign_report(campaign_id: str, engine: EngineDep) -> CampaignReport:
     with _session(engine) as session:
-        return store.report(session, store.load_campaign(session, campaign_id))
+        return report.report(session, store.load_campaign(session, campaign_id))
 
 
 @router.get(
@@ -300,7 +300,7 @@ def list_exits(
     after = decode_time_cursor(cursor)
     with _session(engine) as session:
         store.load_campaign(session, campaign_id)
-        rows = store.exits_page(session, campaign_id, after, limit + 1)
+        rows = report.exits_page(session, campaign_id, after, limit + 1)
     page = rows[:limit]
     return Page[ExitPublic](
         data=[ExitPublic.model_validate(r.model_dump()) for r in page],

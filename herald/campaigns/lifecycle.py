@@ -18,7 +18,7 @@ from temporalio.client import Client
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from herald.campaigns import store
+from herald.campaigns import review_facts, snapshot, store, transitions
 from herald.campaigns.contract import CAMPAIGN_WORKFLOW, CampaignSnapshot, campaign_workflow_id
 from herald.core.config import Settings
 from herald.core.db import session_scope
@@ -74,18 +74,20 @@ def _mark_scheduled(engine: Engine, settings: Settings, campaign_id: str) -> Cam
                 f"campaign {campaign_id!r} is {campaign.status}: only a draft can be scheduled"
             )
         now = utcnow()
-        review = store.review(session, campaign, default_email_sender=settings.smtp_sender, now=now)
+        review = review_facts.review(
+            session, campaign, default_email_sender=settings.smtp_sender, now=now
+        )
         if not review.ready:
             raise not_ready(review)
-        store.mark_scheduled(session, campaign, now)
-        return store.snapshot(session, campaign_id, settings.search_attributes)
+        transitions.mark_scheduled(session, campaign, now)
+        return snapshot.snapshot(session, campaign_id, settings.search_attributes)
 
 
 def _undo_schedule(engine: Engine, campaign_id: str) -> None:
     with session_scope(engine) as session:
         campaign = store.load_campaign(session, campaign_id, for_update=True)
-        if campaign.status == "scheduled" and not store.anything_sent(session, campaign):
-            store.revert_to_draft(session, campaign)
+        if campaign.status == "scheduled" and not transitions.anything_sent(session, campaign):
+            transitions.revert_to_draft(session, campaign)
 
 
 async def _client(temporal: TemporalAccess) -> Client:
@@ -158,7 +160,7 @@ def _require_revertible(engine: Engine, campaign_id: str) -> None:
                 f"campaign {campaign_id!r} is {campaign.status}: only a scheduled campaign can "
                 "be unscheduled"
             )
-        if store.anything_sent(session, campaign):
+        if transitions.anything_sent(session, campaign):
             raise Conflict(
                 f"campaign {campaign_id!r} has already sent messages: it cannot go back to "
                 "draft (cancel it instead)"
@@ -169,12 +171,12 @@ def _revert(engine: Engine, campaign_id: str) -> CampaignPublic:
     with session_scope(engine) as session:
         campaign = store.load_campaign(session, campaign_id, for_update=True)
         if campaign.status in store.ACTIVE_STATUSES:
-            if store.anything_sent(session, campaign):
+            if transitions.anything_sent(session, campaign):
                 # Sent between the check and the workflow's cancellation: it is stopped now,
                 # so the campaign ends here rather than pretending to be a draft.
-                store.cancel(session, campaign, "operator", utcnow())
+                transitions.cancel(session, campaign, "operator", utcnow())
             else:
-                store.revert_to_draft(session, campaign)
+                transitions.revert_to_draft(session, campaign)
         return store.public(session, campaign)
 
 
@@ -222,7 +224,7 @@ def _cancel(engine: Engine, campaign_id: str) -> CampaignPublic:
                 f"campaign {campaign_id!r} is {campaign.status}: only a scheduled or sending "
                 "campaign can be cancelled"
             )
-        store.cancel(session, campaign, "operator", utcnow())
+        transitions.cancel(session, campaign, "operator", utcnow())
         return store.public(session, campaign)
 
 
