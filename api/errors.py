@@ -16,12 +16,12 @@ from herald.core.errors import (
     Conflict,
     DomainError,
     Invalid,
+    InvalidDefinition,
     Locked,
     NotFound,
     NotReady,
     Unavailable,
 )
-from herald.segments.store import SegmentProblem
 
 
 class ApiError(StarletteHTTPException):
@@ -57,16 +57,11 @@ def invalid(field: str, reason: str) -> ApiError:
     )
 
 
-def segment_problem(problem: SegmentProblem) -> ApiError:
-    """A segment the store refused (invalid definition, in use): its status and every problem."""
-    code = "validation_error" if problem.status == 422 else "conflict"
-    return ApiError(problem.status, code, problem.message, problem.errors)
-
-
 # Each kind of domain refusal, and its HTTP answer (status, code), most specific first.
 _DOMAIN_ANSWERS: tuple[tuple[type[DomainError], int, str], ...] = (
     (NotFound, 404, "not_found"),
     (Invalid, 422, "validation_error"),
+    (InvalidDefinition, 422, "validation_error"),
     (NotReady, 422, "not_ready"),
     (Conflict, 409, "conflict"),
     (Locked, 423, "locked"),

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlmodel import Session
 
 from api.deps import EngineDep, require_private_key
-from api.errors import invalid, not_found, segment_problem
+from api.errors import invalid, not_found
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
 from herald.analytics.journey import (
     JourneyQueryError,
@@ -21,7 +21,7 @@ from herald.analytics.journey import (
 )
 from herald.core.db import session_scope
 from herald.segments.definition import JourneyCondition
-from herald.segments.store import SegmentProblem, create_segment
+from herald.segments.store import create_segment
 from models.segment_dto import SegmentPublic
 from models.types import reject_nul, utcnow
 
@@ -172,17 +172,14 @@ def _save(engine, run_kind: str, run_id: str, body: SaveAsSegment) -> SegmentPub
             "result": body.result,
             "reason": body.reason,
         }
-        try:
-            segment = create_segment(
-                session,
-                name=body.name,
-                description=body.description,
-                definition=definition,
-                origin=origin,
-                now=utcnow(),
-            )
-        except SegmentProblem as problem:
-            raise segment_problem(problem) from None
+        segment = create_segment(
+            session,
+            name=body.name,
+            description=body.description,
+            definition=definition,
+            origin=origin,
+            now=utcnow(),
+        )
         return SegmentPublic.model_validate(segment.model_dump())
 
 

@@ -1,19 +1,15 @@
 """Segments: CRUD, draft/live status, previews and member lists."""
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from fastapi import APIRouter, Depends, Response, status
 from sqlalchemy import select
 from sqlmodel import Session
 
 from api.deps import EngineDep, require_private_key
-from api.errors import invalid, not_found, segment_problem
+from api.errors import invalid, not_found
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, keyset_page
 from api.profile_pages import members_page
 from herald.core.db import session_scope
 from herald.segments.store import (
-    SegmentProblem,
     create_segment,
     delete_segment,
     preview,
@@ -48,17 +44,9 @@ def _public(row: Segment) -> SegmentPublic:
     return SegmentPublic.model_validate(row.model_dump())
 
 
-@contextmanager
-def _as_api_errors() -> Iterator[None]:
-    try:
-        yield
-    except SegmentProblem as problem:
-        raise segment_problem(problem) from None
-
-
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Create a draft segment")
 def create(body: SegmentCreate, engine: EngineDep) -> SegmentPublic:
-    with session_scope(engine) as session, _as_api_errors():
+    with session_scope(engine) as session:
         row = create_segment(
             session,
             name=body.name,
@@ -72,7 +60,7 @@ def create(body: SegmentCreate, engine: EngineDep) -> SegmentPublic:
 @router.post("/preview", summary="Count and sample a definition's members without saving")
 def preview_segment(body: SegmentPreviewIn, engine: EngineDep) -> SegmentPreview:
     now = utcnow()
-    with session_scope(engine) as session, _as_api_errors():
+    with session_scope(engine) as session:
         count, sample = preview(session, body.definition, now, body.sample_size)
         return SegmentPreview(count=count, sample=sample, computed_at=now)
 
@@ -98,7 +86,7 @@ def patch_segment(segment_id: str, body: SegmentUpdate, engine: EngineDep) -> Se
     for name in body.model_fields_set:
         if getattr(body, name) is None:
             raise invalid(name, "must not be null")
-    with session_scope(engine) as session, _as_api_errors():
+    with session_scope(engine) as session:
         row = _load(session, segment_id, for_update=True)
         update_segment(
             session,
@@ -113,7 +101,7 @@ def patch_segment(segment_id: str, body: SegmentUpdate, engine: EngineDep) -> Se
 
 @router.post("/{segment_id}/status", summary="Set a segment live or back to draft")
 def change_status(segment_id: str, body: SegmentStatusChange, engine: EngineDep) -> SegmentPublic:
-    with session_scope(engine) as session, _as_api_errors():
+    with session_scope(engine) as session:
         row = _load(session, segment_id, for_update=True)
         set_status(session, row, body.status, utcnow())
         return _public(row)
@@ -121,7 +109,7 @@ def change_status(segment_id: str, body: SegmentStatusChange, engine: EngineDep)
 
 @router.delete("/{segment_id}", status_code=204, summary="Delete a segment that nothing uses")
 def delete(segment_id: str, engine: EngineDep) -> Response:
-    with session_scope(engine) as session, _as_api_errors():
+    with session_scope(engine) as session:
         delete_segment(session, _load(session, segment_id, for_update=True))
     return Response(status_code=204)
 

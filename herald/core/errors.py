@@ -37,6 +37,15 @@ class Invalid(DomainError):
         self.field, self.reason = field, reason
 
 
+class InvalidDefinition(DomainError):
+    """A definition (flow, segment) refused with every problem at once, each field and reason."""
+
+    def __init__(self, what: str, errors: list[dict[str, str]]) -> None:
+        shown = "; ".join(f"{e['field']}: {e['reason']}" for e in errors[:5])
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        super().__init__(f"{what}: {shown}{more}", errors)
+
+
 class NotReady(DomainError):
     """Refused for every problem listed in `errors` (each with field, reason and code)."""
 

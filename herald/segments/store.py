@@ -9,7 +9,6 @@ segments inside its batches.
 """
 
 import json
-from dataclasses import dataclass
 from datetime import datetime
 
 from pydantic import ValidationError
@@ -17,6 +16,7 @@ from sqlalchemy import func, select
 from sqlmodel import Session
 
 from herald.core.config import get_settings
+from herald.core.errors import Conflict, InvalidDefinition
 from herald.core.ids import new_id
 from herald.segments.definition import (
     JourneyCondition,
@@ -36,19 +36,6 @@ from models.segments import Segment
 # Statuses in which a flow or campaign reads its segments: a segment they use stays live.
 _FLOW_USING = ("manual", "live")
 _CAMPAIGN_USING = ("draft", "scheduled", "sending")
-
-
-@dataclass
-class SegmentProblem(Exception):
-    """Bad input: `status` is the HTTP status, `errors` [{"field", "reason"}]."""
-
-    status: int
-    message: str
-    errors: list[dict]
-
-
-def _invalid(field: str, reason: str, status: int = 422) -> SegmentProblem:
-    return SegmentProblem(status, f"{field}: {reason}", [{"field": field, "reason": reason}])
 
 
 def _location(loc: tuple) -> str:
@@ -75,12 +62,10 @@ def parse_definition(session: Session, raw: dict) -> SegmentDefinition:
             }
             for e in exc.errors()
         ]
-        shown = "; ".join(f"{e['field']}: {e['reason']}" for e in errors[:5])
-        raise SegmentProblem(422, f"invalid segment definition: {shown}", errors) from None
+        raise InvalidDefinition("invalid segment definition", errors) from None
     problems = _unknown_references(session, definition) + _over_budget(definition)
     if problems:
-        shown = "; ".join(f"{e['field']}: {e['reason']}" for e in problems[:5])
-        raise SegmentProblem(422, f"invalid segment definition: {shown}", problems)
+        raise InvalidDefinition("invalid segment definition", problems)
     return definition
 
 
@@ -183,11 +168,8 @@ def set_status(session: Session, segment: Segment, status: str, now: datetime) -
     if status == "draft" and segment.status == "live":
         users = segment_users(session, segment.id)
         if users:
-            raise _invalid(
-                "status",
-                f"the segment is in use by {', '.join(users[:5])}: stop those first",
-                status=409,
-            )
+            reason = f"the segment is in use by {', '.join(users[:5])}: stop those first"
+            raise Conflict(f"status: {reason}", [{"field": "status", "reason": reason}])
     if status != segment.status:
         segment.status = status
         segment.updated_at = now
@@ -204,10 +186,8 @@ def set_status(session: Session, segment: Segment, status: str, now: datetime) -
 def delete_segment(session: Session, segment: Segment) -> None:
     users = segment_users(session, segment.id)
     if users:
-        raise SegmentProblem(
-            409,
-            f"segment {segment.id!r} is in use by {', '.join(users[:5])}: stop those first",
-            [],
+        raise Conflict(
+            f"segment {segment.id!r} is in use by {', '.join(users[:5])}: stop those first"
         )
     session.delete(segment)
 
