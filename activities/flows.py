@@ -24,6 +24,8 @@ from herald.flows.steps import (
     ConditionRequest,
     FlowActivitiesContract,
     GateRequest,
+    Proceed,
+    ReviewAnswer,
     StepReason,
     StepRecord,
 )
@@ -127,7 +129,7 @@ class FlowActivities(FlowActivitiesContract):
             return profile_matches(session, request.profile_id, request.conditions, activity_now())
 
     @activity.defn(name="prepare_message")
-    def prepare_message(self, request: GateRequest) -> str:
+    def prepare_message(self, request: GateRequest) -> Proceed | StepReason:
         """send | queue (waits for review) | draft | flow_draft | flow_deleted."""
         with session_scope(self.engine) as session:
             write_records(session, request.workflow_id, request.records)
@@ -138,7 +140,7 @@ class FlowActivities(FlowActivitiesContract):
             if status == "draft":
                 return StepReason.flow_draft if request.message_status is None else StepReason.draft
             if status == "live":
-                return "send"
+                return Proceed.send
             session.execute(
                 insert_ignoring_conflicts(session, ReviewItem.__table__),
                 [
@@ -159,25 +161,25 @@ class FlowActivities(FlowActivitiesContract):
                 request.workflow_id,
                 [_queued(request)],
             )
-            return "queue"
+            return Proceed.queue
 
     @activity.defn(name="review_decision")
-    def review_decision(self, request: GateRequest) -> str:
+    def review_decision(self, request: GateRequest) -> ReviewAnswer:
         """approved | rejected | pending, or cancelled when the enrollment itself has ended."""
         with session_scope(self.engine) as session:
             row = session.get(FlowEnrollment, request.workflow_id)
             if row is None or row.status != "running":
-                return "cancelled"
+                return ReviewAnswer.cancelled
             item = session.execute(
                 select(ReviewItem.status).where(
                     ReviewItem.workflow_id == request.workflow_id,
                     ReviewItem.step_id == request.step_id,
                 )
             ).scalar()
-            return item or "pending"
+            return ReviewAnswer(item) if item else ReviewAnswer.pending
 
     @activity.defn(name="apply_profile_action")
-    def apply_profile_action(self, request: ActionRequest) -> str:
+    def apply_profile_action(self, request: ActionRequest) -> Proceed | StepReason:
         """done, or a skip reason (profile_deleted, list_deleted)."""
         step = request.step
         with session_scope(self.engine) as session:
@@ -190,7 +192,7 @@ class FlowActivities(FlowActivitiesContract):
                 profile.updated_at = utcnow()
                 session.add(profile)
                 announce_profile_changes(session, [profile.id])  # segments re-check it
-                return "done"
+                return Proceed.done
             if isinstance(step, ListAction):
                 if session.get(ProfileList, step.list_id) is None:
                     return StepReason.list_deleted
@@ -198,7 +200,7 @@ class FlowActivities(FlowActivitiesContract):
                     add_members(session, step.list_id, [profile.id])
                 else:
                     remove_members(session, step.list_id, [profile.id])
-                return "done"
+                return Proceed.done
         raise ValueError(f"not a profile action: {step.type}")
 
     @activity.defn(name="prepare_webhook")

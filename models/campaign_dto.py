@@ -13,11 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from herald.ingest.catalogue import is_builtin
 from herald.profiles.normalize import normalize_timezone
-from models.enums import Channel
+from models.enums import CampaignStatus, Channel, MessageStatus
 from models.types import reject_unstorable
 
-CampaignStatus = Literal["draft", "scheduled", "sending", "sent", "cancelled"]
-MessageStatus = Literal["draft", "scheduled", "sending", "sent", "cancelled"]
 PastTimePolicy = Literal["immediately", "next_day"]
 
 MAX_PATHS = 10

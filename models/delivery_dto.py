@@ -6,7 +6,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from herald.flows.graph import MessageContent, ProfileCondition
-from models.enums import Channel
+from models.enums import Channel, DeliveryStatus
 
 
 class DeliveryRequest(BaseModel):
@@ -31,7 +31,7 @@ class DeliveryRequest(BaseModel):
 
 class DeliveryResult(BaseModel):
     # held: inside quiet hours; nothing recorded, ask again at hold_until.
-    status: Literal["sent", "skipped", "failed", "held"]
+    status: DeliveryStatus
     reason: str | None = None
     delivery_id: str | None = None
     hold_until: datetime | None = None

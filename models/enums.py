@@ -30,3 +30,57 @@ class OutboxKind(StrEnum):
     # Membership changes of a segment ("added to segment" triggers flows).
     segment_added = "segment_added"
     segment_removed = "segment_removed"
+
+
+# ---- statuses: a row's `status` column holds one of these (tables keep plain strings) ---------
+
+
+class FlowStatus(StrEnum):
+    draft = "draft"
+    manual = "manual"  # every message waits in the review queue
+    live = "live"
+
+
+class EnrollmentStatus(StrEnum):
+    running = "running"
+    completed = "completed"
+    exited = "exited"
+    cancelled = "cancelled"
+    failed = "failed"
+
+
+class ReviewStatus(StrEnum):
+    pending = "pending"
+    approved = "approved"
+    rejected = "rejected"
+    expired = "expired"  # the enrollment ended before anyone decided
+
+
+class CampaignStatus(StrEnum):
+    draft = "draft"
+    scheduled = "scheduled"
+    sending = "sending"
+    sent = "sent"
+    cancelled = "cancelled"
+
+
+class MessageStatus(StrEnum):
+    """A campaign message's status: the campaign's, one message at a time."""
+
+    draft = "draft"
+    scheduled = "scheduled"
+    sending = "sending"
+    sent = "sent"
+    cancelled = "cancelled"
+
+
+class SegmentStatus(StrEnum):
+    draft = "draft"
+    live = "live"
+
+
+class DeliveryStatus(StrEnum):
+    sent = "sent"
+    skipped = "skipped"
+    failed = "failed"
+    held = "held"  # inside quiet hours: nothing recorded, asked again at hold_until

@@ -1,17 +1,14 @@
 """What the flows and enrollments API takes and returns (the tables are in models/flows.py)."""
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from herald.flows.contract import EnrollmentState
 from herald.flows.graph import FlowDefinition
+from models.enums import EnrollmentStatus, FlowStatus, ReviewStatus
 from models.types import reject_unstorable
-
-FlowStatus = Literal["draft", "manual", "live"]
-EnrollmentStatus = Literal["running", "completed", "exited", "cancelled", "failed"]
-ReviewStatus = Literal["pending", "approved", "rejected", "expired"]
 
 
 class FlowDefinitionIn(FlowDefinition):
@@ -29,7 +26,7 @@ class FlowCreate(FlowDefinitionIn):
     """A new flow: its name and status, and its first definition inline."""
 
     name: str = Field(min_length=1, max_length=200)
-    status: FlowStatus = "draft"
+    status: FlowStatus = FlowStatus.draft
 
 
 class FlowUpdate(BaseModel):

@@ -1,10 +1,11 @@
 """What the segments API accepts and returns."""
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from models.enums import SegmentStatus
 from models.types import reject_unstorable
 
 
@@ -28,7 +29,7 @@ class SegmentUpdate(_In):
 
 
 class SegmentStatusChange(_In):
-    status: Literal["draft", "live"]
+    status: SegmentStatus
 
 
 class SegmentPreviewIn(_In):
@@ -40,7 +41,7 @@ class SegmentPublic(BaseModel):
     id: str
     name: str
     description: str
-    status: str
+    status: SegmentStatus
     definition: dict[str, Any]
     version: int
     origin: dict[str, Any] | None

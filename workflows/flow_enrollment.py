@@ -50,6 +50,8 @@ with workflow.unsafe.imports_passed_through():
         ConditionRequest,
         FlowActivitiesContract,
         GateRequest,
+        Proceed,
+        ReviewAnswer,
         StepReason,
         StepRecord,
     )
@@ -304,8 +306,8 @@ class FlowEnrollmentWorkflow:
         )
         if gate is _FAILED:
             return
-        if gate != "send":
-            if gate != "queue":  # draft message or flow: skipped, the walk goes on
+        if gate != Proceed.send:
+            if gate != Proceed.queue:  # draft message or flow: skipped, the walk goes on
                 self._record(step.id, step.type, "skipped", reason=gate)
                 return
             await self._await_review(step)
@@ -390,9 +392,9 @@ class FlowEnrollmentWorkflow:
                     ),
                     record_failure=False,  # asked again in a few hours
                 )
-                if decision in ("approved", "rejected"):
+                if decision in (ReviewAnswer.approved, ReviewAnswer.rejected):
                     self.decisions.setdefault(step_id, decision)
-                elif decision in ("cancelled", "exited"):
+                elif decision == ReviewAnswer.cancelled:
                     self.exit_reason = self.exit_reason or "operator"
         self.waiting_for = None
 
@@ -412,7 +414,7 @@ class FlowEnrollmentWorkflow:
         )
         if outcome is _FAILED:
             return
-        if outcome == "done":
+        if outcome == Proceed.done:
             self._record(step.id, step.type, "processed")
         else:
             self._record(step.id, step.type, "skipped", reason=outcome)

@@ -146,7 +146,7 @@ async def cancel_enrollment(
 def list_review_queue(
     flow_id: str,
     engine: EngineDep,
-    status: ReviewStatus = "pending",
+    status: ReviewStatus = ReviewStatus.pending,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
 ) -> Page[ReviewItemPublic]:

@@ -38,6 +38,24 @@ class StepReason(StrEnum):
     error = "error"
 
 
+class Proceed(StrEnum):
+    """A local activity's answer when its step goes ahead; any other answer is a StepReason."""
+
+    send = "send"  # prepare_message: the message may go out now
+    queue = "queue"  # prepare_message: it waits in the review queue
+    done = "done"  # apply_profile_action: the profile was changed
+
+
+class ReviewAnswer(StrEnum):
+    """What review_decision finds: the item's status, or `cancelled` once the enrollment ended."""
+
+    pending = "pending"
+    approved = "approved"
+    rejected = "rejected"
+    expired = "expired"
+    cancelled = "cancelled"
+
+
 class StepRecord(BaseModel):
     """One timeline line; `at` is workflow time, so replays and retries write the same row."""
 
@@ -104,15 +122,15 @@ class FlowActivitiesContract:
         raise NotImplementedError
 
     @activity.defn(name="prepare_message")
-    def prepare_message(self, request: GateRequest) -> str:
+    def prepare_message(self, request: GateRequest) -> Proceed | StepReason:
         raise NotImplementedError
 
     @activity.defn(name="review_decision")
-    def review_decision(self, request: GateRequest) -> str:
+    def review_decision(self, request: GateRequest) -> ReviewAnswer:
         raise NotImplementedError
 
     @activity.defn(name="apply_profile_action")
-    def apply_profile_action(self, request: ActionRequest) -> str:
+    def apply_profile_action(self, request: ActionRequest) -> Proceed | StepReason:
         raise NotImplementedError
 
     @activity.defn(name="prepare_webhook")
