@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
-from herald.analytics.journey import engagement_kind
+from herald.analytics.engagement import engagement_kind
 from herald.core.clock import activity_now
 from herald.core.config import get_settings
 from herald.core.db import is_transient

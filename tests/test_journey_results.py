@@ -8,12 +8,9 @@ import pytest
 
 from activities.engagement_routing import EngagementHandler
 from activities.routing import RouterActivities
-from herald.analytics.journey import (
-    engagement_kind,
-    record_engagement,
-    result_members,
-    run_results,
-)
+from herald.analytics.engagement import engagement_kind, record_engagement
+from herald.analytics.journey import journey_condition, members_query
+from herald.analytics.journey_report import run_results
 from herald.core.db import session_scope
 from herald.core.ids import new_id
 from herald.ingest.events import MetricDirectory, ingest
@@ -394,7 +391,8 @@ def test_reaching_the_exit_step_is_not_a_stop(api, db):
     with session_scope(db.engine) as session:
         results = run_results(session, "flow", flow_id)
         assert "exit_step" not in results["stopped"]
-        ids, _ = result_members(session, "flow", flow_id, None, "stopped", None)
+        stopped = journey_condition("flow", flow_id, None, "stopped", None)
+        ids = list(session.scalars(members_query(stopped)))
     assert world.people["ada"] not in ids and len(ids) == 3
 
 

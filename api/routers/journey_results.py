@@ -1,26 +1,20 @@
 """Journey results of flows and campaigns: counts per step, who is behind each count, and
 "save as segment" (a draft segment that keeps growing as more profiles get the result).
 
-The rules and the SQL live in herald/analytics/journey.py; member lists run the same clause as
-the segment, so a list, its count and a segment saved from it always agree.
+The rules and the SQL live in herald/analytics/journey.py and journey_report.py; member lists
+run the same clause as the segment, so a list, its count and a segment saved from it always
+agree.
 """
 
 from fastapi import APIRouter, Depends, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlmodel import Session
 
 from api.deps import EngineDep, require_private_key
-from api.errors import invalid, not_found
-from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
-from herald.analytics.journey import (
-    JourneyQueryError,
-    journey_condition,
-    result_members,
-    run_results,
-    run_steps,
-)
+from api.errors import not_found
+from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, keyset_page
+from herald.analytics.journey import members_query, result_condition, run_steps
+from herald.analytics.journey_report import run_results
 from herald.core.db import session_scope
-from herald.segments.definition import JourneyCondition
 from herald.segments.store import create_segment
 from models.segment_dto import SegmentPublic
 from models.types import reject_nul, utcnow
@@ -152,16 +146,19 @@ def _members(
 ) -> Page[str]:
     after = decode_cursor(cursor)
     with session_scope(engine) as session:
-        _condition(session, run_kind, run_id, step_id, result, reason)
-        ids, last = result_members(
-            session, run_kind, run_id, step_id, result, reason, limit=limit, cursor=after
+        condition = result_condition(session, run_kind, run_id, step_id, result, reason)
+        query = members_query(condition)
+        ids, next_cursor = keyset_page(
+            session, query, query.selected_columns[0], limit, after, last_key=lambda pid: pid
         )
-    return Page[str](data=ids, next_cursor=None if last is None else encode_cursor(last))
+    return Page[str](data=ids, next_cursor=next_cursor)
 
 
 def _save(engine, run_kind: str, run_id: str, body: SaveAsSegment) -> SegmentPublic:
     with session_scope(engine) as session:
-        condition = _condition(session, run_kind, run_id, body.step_id, body.result, body.reason)
+        condition = result_condition(
+            session, run_kind, run_id, body.step_id, body.result, body.reason
+        )
         definition = {
             "all_of": [{"any_of": [condition.model_dump(mode="json", exclude_none=True)]}]
         }
@@ -181,25 +178,3 @@ def _save(engine, run_kind: str, run_id: str, body: SaveAsSegment) -> SegmentPub
             now=utcnow(),
         )
         return SegmentPublic.model_validate(segment.model_dump())
-
-
-def _condition(
-    session: Session,
-    run_kind: str,
-    run_id: str,
-    step_id: str | None,
-    result: str,
-    reason: str | None,
-) -> JourneyCondition:
-    """The result's condition, for a run that exists (404) and a step it has (422)."""
-    steps = run_steps(session, run_kind, run_id)
-    if steps is None:
-        raise not_found(run_kind, run_id)
-    try:
-        condition = journey_condition(run_kind, run_id, step_id, result, reason)
-    except JourneyQueryError as exc:
-        raise invalid(exc.field, exc.reason) from None
-    if step_id is not None and step_id not in {s.step_id for s in steps}:
-        what = "step of the flow" if run_kind == "flow" else "message of the campaign"
-        raise invalid("step_id", f"{step_id!r} is not a {what}")
-    return condition
