@@ -64,14 +64,8 @@ class CampaignStatus(StrEnum):
     cancelled = "cancelled"
 
 
-class MessageStatus(StrEnum):
-    """A campaign message's status: the campaign's, one message at a time."""
-
-    draft = "draft"
-    scheduled = "scheduled"
-    sending = "sending"
-    sent = "sent"
-    cancelled = "cancelled"
+# A campaign message moves through the campaign's statuses, one message at a time.
+MessageStatus = CampaignStatus
 
 
 class SegmentStatus(StrEnum):

@@ -166,7 +166,23 @@ def _check_value(value_type: str, operator: str, value: Any) -> Any:
     return scalar(value)
 
 
-class PropertyCondition(_Strict):
+class _Comparison(_Strict):
+    """A typed comparison: `operator` must suit `value_type`, and `value` the operator."""
+
+    @field_validator("operator", check_fields=False)
+    @classmethod
+    def _operator(cls, operator: str, info: ValidationInfo) -> str:
+        return _check_operator(info.data.get("value_type", "text"), operator)
+
+    @field_validator("value", check_fields=False)
+    @classmethod
+    def _value(cls, value: Any, info: ValidationInfo) -> Any:
+        if "operator" not in info.data:
+            return value  # the operator's own error says what is wrong
+        return _check_value(info.data.get("value_type", "text"), info.data["operator"], value)
+
+
+class PropertyCondition(_Comparison):
     type: Literal["property"] = "property"
     property: str = Field(pattern=PROPERTY_KEY)
     value_type: Literal["text", "number", "boolean", "date", "list"] = "text"
@@ -181,20 +197,8 @@ class PropertyCondition(_Strict):
             raise ValueError(f"profile field {info.data['property']!r} is of type {own!r}")
         return value_type
 
-    @field_validator("operator")
-    @classmethod
-    def _operator(cls, operator: str, info: ValidationInfo) -> str:
-        return _check_operator(info.data.get("value_type", "text"), operator)
 
-    @field_validator("value")
-    @classmethod
-    def _value(cls, value: Any, info: ValidationInfo) -> Any:
-        if "operator" not in info.data:
-            return value  # the operator's own error says what is wrong
-        return _check_value(info.data.get("value_type", "text"), info.data["operator"], value)
-
-
-class EventFilter(_Strict):
+class EventFilter(_Comparison):
     property: str = Field(pattern=PROPERTY_KEY)
     value_type: Literal["text", "number", "boolean"] = "text"
     operator: str
@@ -206,18 +210,6 @@ class EventFilter(_Strict):
         if info.data.get("property") == "$value" and value_type != "number":
             raise ValueError("'$value' is the event's value: its type is 'number'")
         return value_type
-
-    @field_validator("operator")
-    @classmethod
-    def _operator(cls, operator: str, info: ValidationInfo) -> str:
-        return _check_operator(info.data.get("value_type", "text"), operator)
-
-    @field_validator("value")
-    @classmethod
-    def _value(cls, value: Any, info: ValidationInfo) -> Any:
-        if "operator" not in info.data:
-            return value
-        return _check_value(info.data.get("value_type", "text"), info.data["operator"], value)
 
 
 class AllTime(_Strict):

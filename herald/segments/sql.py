@@ -132,24 +132,30 @@ def _postgres_json(element: JsonValue, compiler, **kw) -> str:
     raise ValueError(f"unknown JSON value kind {element.kind!r}")
 
 
-class ArrayHasText(ColumnElement):
-    """A JSON array (a JsonValue of kind array) has a string element equal to `value`."""
+class _TextTest(ColumnElement):
+    """A boolean test of an expression against a text literal, compiled per dialect below."""
 
     inherit_cache = True
     _traverse_internals = [
-        ("array", InternalTraversal.dp_clauseelement),
-        ("value", InternalTraversal.dp_clauseelement),
+        ("subject", InternalTraversal.dp_clauseelement),
+        ("text", InternalTraversal.dp_clauseelement),
     ]
     type = Boolean()
 
-    def __init__(self, array: JsonValue, value: str):
-        self.array, self.value = array, literal(value)
+    def __init__(self, subject: ColumnElement, text: str):
+        self.subject, self.text = subject, literal(text)
+
+
+class ArrayHasText(_TextTest):
+    """A JSON array (a JsonValue of kind array) has a string element equal to the text."""
+
+    inherit_cache = True
 
 
 @compiles(ArrayHasText, "sqlite")
 def _sqlite_array_has(element: ArrayHasText, compiler, **kw) -> str:
-    array = compiler.process(element.array, **kw)
-    value = compiler.process(element.value, **kw)
+    array = compiler.process(element.subject, **kw)
+    value = compiler.process(element.text, **kw)
     return (
         f"EXISTS (SELECT 1 FROM json_each({array}) AS e "
         f"WHERE e.type = 'text' AND e.value = {value})"
@@ -158,38 +164,30 @@ def _sqlite_array_has(element: ArrayHasText, compiler, **kw) -> str:
 
 @compiles(ArrayHasText, "postgresql")
 def _postgres_array_has(element: ArrayHasText, compiler, **kw) -> str:
-    array = compiler.process(element.array, **kw)
-    value = compiler.process(element.value, **kw)
+    array = compiler.process(element.subject, **kw)
+    value = compiler.process(element.text, **kw)
     return (
         f"EXISTS (SELECT 1 FROM jsonb_array_elements({array}) AS e(v) "
         f"WHERE jsonb_typeof(e.v) = 'string' AND (e.v #>> '{{}}') = {value})"
     )
 
 
-class TextContains(ColumnElement):
+class TextContains(_TextTest):
     """Case-sensitive substring test (SQLite's LIKE ignores case, so neither dialect uses it)."""
 
     inherit_cache = True
-    _traverse_internals = [
-        ("haystack", InternalTraversal.dp_clauseelement),
-        ("needle", InternalTraversal.dp_clauseelement),
-    ]
-    type = Boolean()
-
-    def __init__(self, haystack: ColumnElement, needle: str):
-        self.haystack, self.needle = haystack, literal(needle)
 
 
 @compiles(TextContains, "sqlite")
 def _sqlite_contains(element: TextContains, compiler, **kw) -> str:
-    h = compiler.process(element.haystack, **kw)
-    return f"(instr({h}, {compiler.process(element.needle, **kw)}) > 0)"
+    h = compiler.process(element.subject, **kw)
+    return f"(instr({h}, {compiler.process(element.text, **kw)}) > 0)"
 
 
 @compiles(TextContains, "postgresql")
 def _postgres_contains(element: TextContains, compiler, **kw) -> str:
-    h = compiler.process(element.haystack, **kw)
-    return f"(strpos({h}, {compiler.process(element.needle, **kw)}) > 0)"
+    h = compiler.process(element.subject, **kw)
+    return f"(strpos({h}, {compiler.process(element.text, **kw)}) > 0)"
 
 
 class UtcDate(ColumnElement):
