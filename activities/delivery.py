@@ -9,6 +9,7 @@ attempt's outcome, so a message is sent at most once.
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from functools import cached_property
+from typing import Any
 
 import structlog
 from sqlalchemy import case, func, select
@@ -178,21 +179,13 @@ class DeliveryActivities(DeliveryActivitiesContract):
         # Push fans out to every token in the provider; the row names the first.
         to_address = address[0] if isinstance(address, list) else address
         assert to_address  # decide() skips a missing address
-        delivery = Delivery(
-            id=new_id("dl"),
-            idempotency_key=request.idempotency_key,
-            run_kind=request.run_kind,
-            run_id=request.run_id,
-            step_id=request.step_id,
-            workflow_id=request.workflow_id,
-            profile_id=request.profile_id,
-            channel=request.channel,
+        delivery = delivery_row(
+            request,
+            now,
             status="sent",
-            transactional=request.transactional,
             provider=provider.name,
             to_address=to_address,
             subject=subject,
-            created_at=now,
             sent_at=now,
         )
         session.add(delivery)
@@ -367,7 +360,15 @@ def record(
     session: Session, request: DeliveryRequest, now: datetime, status: str, reason: str
 ) -> DeliveryResult:
     """A delivery row for a message that was not sent (skipped or failed before the provider)."""
-    delivery = Delivery(
+    delivery = delivery_row(request, now, status=status, reason=reason)
+    session.add(delivery)
+    session.flush()
+    return result_of(delivery)
+
+
+def delivery_row(request: DeliveryRequest, now: datetime, **fields: Any) -> Delivery:
+    """The delivery row of `request`, claiming its idempotency key once added."""
+    return Delivery(
         id=new_id("dl"),
         idempotency_key=request.idempotency_key,
         run_kind=request.run_kind,
@@ -376,14 +377,10 @@ def record(
         workflow_id=request.workflow_id,
         profile_id=request.profile_id,
         channel=request.channel,
-        status=status,
-        reason=reason,
         transactional=request.transactional,
         created_at=now,
+        **fields,
     )
-    session.add(delivery)
-    session.flush()
-    return result_of(delivery)
 
 
 def result_of(delivery: Delivery) -> DeliveryResult:

@@ -60,7 +60,21 @@ def parse_send_at(v: str) -> datetime:
 # ---- campaigns ----------------------------------------------------------------------------------
 
 
-class CampaignCreate(_In):
+class _SendSettings(_In):
+    """Checks the send settings a campaign is created or updated with."""
+
+    @field_validator("timezone", check_fields=False)
+    @classmethod
+    def _tz(cls, v: str | None) -> str | None:
+        return _timezone(v)
+
+    @field_validator("exit_metric", check_fields=False)
+    @classmethod
+    def _metric(cls, v: str | None) -> str | None:
+        return _conversion_metric(v)
+
+
+class CampaignCreate(_SendSettings):
     name: str = Field(min_length=1, max_length=200)
     description: str = Field(default="", max_length=2000)
     tags: list[_Tag] = Field(default_factory=list, max_length=20)
@@ -71,18 +85,8 @@ class CampaignCreate(_In):
     past_time_policy: PastTimePolicy = "immediately"
     exit_metric: str | None = None
 
-    @field_validator("timezone")
-    @classmethod
-    def _tz(cls, v: str | None) -> str | None:
-        return _timezone(v)
 
-    @field_validator("exit_metric")
-    @classmethod
-    def _metric(cls, v: str | None) -> str | None:
-        return _conversion_metric(v)
-
-
-class CampaignUpdate(_In):
+class CampaignUpdate(_SendSettings):
     """Only the fields sent change. `exit_metric` and `color` may be null (off / none)."""
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
@@ -93,16 +97,6 @@ class CampaignUpdate(_In):
     local_time: bool | None = None
     past_time_policy: PastTimePolicy | None = None
     exit_metric: str | None = None
-
-    @field_validator("timezone")
-    @classmethod
-    def _tz(cls, v: str | None) -> str | None:
-        return _timezone(v)
-
-    @field_validator("exit_metric")
-    @classmethod
-    def _metric(cls, v: str | None) -> str | None:
-        return _conversion_metric(v)
 
 
 # Send settings and exit criteria: locked while anything is scheduled, for good once sent.

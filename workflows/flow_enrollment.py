@@ -398,20 +398,20 @@ class FlowEnrollmentWorkflow:
                     self.exit_reason = self.exit_reason or "operator"
         self.waiting_for = None
 
-    async def _action(self, step, activity) -> None:
-        outcome = await self._local(
-            step,
-            activity,
-            ActionRequest(
-                workflow_id=workflow.info().workflow_id,
-                profile_id=self.input.profile_id,
-                step=step,
-                trigger=self.input.trigger,
-                flow_id=self.input.flow_id,
-                flow_name=self.input.flow_name,
-                records=self._take_records(),
-            ),
+    def _action_request(self, step) -> ActionRequest:
+        """What a profile action or webhook step's local activity needs; takes the records."""
+        return ActionRequest(
+            workflow_id=workflow.info().workflow_id,
+            profile_id=self.input.profile_id,
+            step=step,
+            trigger=self.input.trigger,
+            flow_id=self.input.flow_id,
+            flow_name=self.input.flow_name,
+            records=self._take_records(),
         )
+
+    async def _action(self, step, activity) -> None:
+        outcome = await self._local(step, activity, self._action_request(step))
         if outcome is _FAILED:
             return
         if outcome == Proceed.done:
@@ -420,20 +420,9 @@ class FlowEnrollmentWorkflow:
             self._record(step.id, step.type, "skipped", reason=outcome)
 
     async def _webhook(self, step) -> None:
-        wid = workflow.info().workflow_id
         is_webhook = isinstance(step, WebhookStep)
         call = await self._local(
-            step,
-            FlowActivitiesContract.prepare_webhook,
-            ActionRequest(
-                workflow_id=wid,
-                profile_id=self.input.profile_id,
-                step=step,
-                trigger=self.input.trigger,
-                flow_id=self.input.flow_id,
-                flow_name=self.input.flow_name,
-                records=self._take_records(),
-            ),
+            step, FlowActivitiesContract.prepare_webhook, self._action_request(step)
         )
         if call is _FAILED:
             return
