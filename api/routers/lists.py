@@ -11,7 +11,7 @@ from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, keyset_
 from api.profile_pages import members_page
 from herald.core.db import session_scope
 from herald.core.ids import new_id
-from herald.profiles.lists import UnknownProfiles, add_members, member_counts, remove_members
+from herald.profiles.lists import add_members, member_counts, remove_members
 from models.lists import (
     ListCreate,
     ListMembership,
@@ -92,10 +92,7 @@ def delete_list(list_id: str, engine: EngineDep) -> Response:
 def add_list_members(list_id: str, body: MembersChange, engine: EngineDep) -> MembersChanged:
     with session_scope(engine) as session:
         _load(session, list_id)
-        try:
-            added = add_members(session, list_id, body.profile_ids)
-        except UnknownProfiles as exc:
-            raise invalid("profile_ids", str(exc)) from None
+        added = add_members(session, list_id, body.profile_ids)
         return MembersChanged(changed=added, unchanged=len(set(body.profile_ids)) - added)
 
 
@@ -103,10 +100,7 @@ def add_list_members(list_id: str, body: MembersChange, engine: EngineDep) -> Me
 def remove_list_members(list_id: str, body: MembersChange, engine: EngineDep) -> MembersChanged:
     with session_scope(engine) as session:
         _load(session, list_id)
-        try:
-            removed = remove_members(session, list_id, body.profile_ids)
-        except UnknownProfiles as exc:
-            raise invalid("profile_ids", str(exc)) from None
+        removed = remove_members(session, list_id, body.profile_ids)
         return MembersChanged(changed=removed, unchanged=len(set(body.profile_ids)) - removed)
 
 

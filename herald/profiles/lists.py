@@ -3,6 +3,7 @@
 from sqlalchemy import delete, func, select
 from sqlmodel import Session
 
+from herald.core.errors import Invalid
 from herald.core.sql import insert_ignoring_conflicts
 from herald.profiles.changes import announce_profile_changes
 from models.enums import OutboxKind
@@ -12,9 +13,9 @@ from models.routing import RoutingOutbox
 from models.types import utcnow
 
 
-class UnknownProfiles(ValueError):
+class UnknownProfiles(Invalid):
     def __init__(self, missing: list[str]):
-        super().__init__(f"unknown profile ids: {', '.join(missing)}")
+        super().__init__("profile_ids", f"unknown profile ids: {', '.join(missing)}")
         self.missing = missing
 
 
