@@ -18,7 +18,7 @@ from herald.campaigns.contract import SIGNAL_EXITS, path_workflow_id
 from herald.core.sql import insert_ignoring_conflicts
 from herald.routing.contract import RoutedItem
 from models.campaigns import Campaign, CampaignExit, CampaignPath
-from models.enums import OutboxKind
+from models.enums import CampaignStatus, OutboxKind
 
 
 class CampaignRoutingHandler:
@@ -40,7 +40,7 @@ class CampaignRoutingHandler:
         metrics = {i.metric for i in events}
         campaigns = session.execute(
             select(Campaign.id, Campaign.exit_metric, Campaign.started_at).where(
-                Campaign.status == "sending",
+                Campaign.status == CampaignStatus.sending,
                 Campaign.started_at.is_not(None),
                 Campaign.exit_metric.in_(metrics),
             )

@@ -109,7 +109,7 @@ from herald.segments.membership import segment_clauses
 from models.account import Account
 from models.campaigns import Campaign, CampaignExit, CampaignMessage
 from models.delivery import Delivery, OutboxMessage
-from models.enums import ConsentStatus
+from models.enums import CampaignStatus, ConsentStatus, DeliveryStatus, MessageStatus
 from models.profile import Consent, Profile
 
 log = structlog.get_logger("herald.campaigns")
@@ -125,10 +125,10 @@ _exit = CampaignExit.__table__
 
 # A message's status only moves forward: draft → scheduled → sending → sent, or → cancelled.
 _MESSAGE_FROM = {
-    "scheduled": ("draft",),
-    "sending": ("draft", "scheduled"),
-    "sent": ("draft", "scheduled", "sending"),
-    "cancelled": ("draft", "scheduled", "sending"),
+    MessageStatus.scheduled: (MessageStatus.draft,),
+    MessageStatus.sending: (MessageStatus.draft, MessageStatus.scheduled),
+    MessageStatus.sent: (MessageStatus.draft, MessageStatus.scheduled, MessageStatus.sending),
+    MessageStatus.cancelled: (MessageStatus.draft, MessageStatus.scheduled, MessageStatus.sending),
 }
 
 
@@ -165,9 +165,9 @@ class _Page:
         self.skipped: Counter[str] = Counter()
 
     def count(self, status: str, reason: str | None) -> None:
-        if status == "sent":
+        if status == DeliveryStatus.sent:
             self.sent += 1
-        elif status == "failed":
+        elif status == DeliveryStatus.failed:
             self.failed += 1
         else:
             self.skipped[str(reason)] += 1
@@ -306,7 +306,7 @@ class CampaignActivities(CampaignActivitiesContract):
         campaign = session.execute(
             select(_campaign.c.status, _campaign.c.started_at).where(_campaign.c.id == campaign_id)
         ).first()
-        if campaign is None or campaign.status == "cancelled":
+        if campaign is None or campaign.status == CampaignStatus.cancelled:
             # Deleted or cancelled while this page waited: send nothing more.
             return PageResult(recipients=0, sent=0, done=True)
         # Serialises attempts at this message's pages (a retry waits for a zombie attempt to
@@ -335,7 +335,9 @@ class CampaignActivities(CampaignActivitiesContract):
                 continue
             if row.converted and not row.exited:
                 new_exits.append(row.id)
-            deliveries.append(self._row(req, message, row.id, "skipped", decision.skip, now))
+            deliveries.append(
+                self._row(req, message, row.id, DeliveryStatus.skipped, decision.skip, now)
+            )
 
         if new_exits and campaign.started_at is not None:
             self._record_exits(session, campaign_id, req, campaign.started_at, new_exits)
@@ -351,13 +353,15 @@ class CampaignActivities(CampaignActivitiesContract):
             except TemplateError as exc:
                 log.warning("template error", campaign=campaign_id, error=str(exc))
                 deliveries.append(
-                    self._row(req, message, row.id, "failed", FailReason.template_error, now)
+                    self._row(
+                        req, message, row.id, DeliveryStatus.failed, FailReason.template_error, now
+                    )
                 )
                 continue
             if subject is not None:
                 subject = " ".join(subject.split())[:SUBJECT_MAX]
             address = address_for(row, channel)
-            sent = self._row(req, message, row.id, "sent", None, now)
+            sent = self._row(req, message, row.id, DeliveryStatus.sent, None, now)
             sent.update(
                 provider=provider.name,
                 to_address=address[0] if isinstance(address, list) else address,
@@ -453,7 +457,7 @@ class CampaignActivities(CampaignActivitiesContract):
             return and_(
                 _delivery.c.profile_id == _profile.c.id,
                 _delivery.c.channel == channel,
-                _delivery.c.status == "sent",
+                _delivery.c.status == DeliveryStatus.sent,
                 _delivery.c.sent_at > since,
             )
 
@@ -514,7 +518,7 @@ class CampaignActivities(CampaignActivitiesContract):
         req: PageRequest,
         message: MessageSnapshot,
         profile_id: str,
-        status: str,
+        status: DeliveryStatus,
         reason: str | None,
         now: datetime,
     ) -> dict[str, Any]:
@@ -597,7 +601,7 @@ class CampaignActivities(CampaignActivitiesContract):
             self._send_each(session, req, message, provider, outgoing)
         for row in deliveries:
             page.count(row["status"], row["reason"])
-        return sum(row["status"] == "sent" for row in deliveries)
+        return sum(row["status"] == DeliveryStatus.sent for row in deliveries)
 
     @staticmethod
     def _outbox_row(
@@ -654,7 +658,11 @@ class CampaignActivities(CampaignActivitiesContract):
                 row["provider_message_id"] = provider.send(session, outgoing_message)
             except ProviderRejected as exc:
                 log.warning("provider rejected", key=row["idempotency_key"], error=str(exc))
-                row.update(status="failed", reason=FailReason.provider_rejected.value, sent_at=None)
+                row.update(
+                    status=DeliveryStatus.failed,
+                    reason=FailReason.provider_rejected.value,
+                    sent_at=None,
+                )
             updates.append(
                 {
                     "b_id": row["id"],
@@ -691,13 +699,16 @@ class CampaignActivities(CampaignActivitiesContract):
             )
         session.execute(
             update(_campaign)
-            .where(_campaign.c.id == campaign_id, _campaign.c.status == "scheduled")
-            .values(status="sending", updated_at=now)
+            .where(_campaign.c.id == campaign_id, _campaign.c.status == CampaignStatus.scheduled)
+            .values(status=CampaignStatus.sending, updated_at=now)
         )
         session.execute(
             update(_message)
-            .where(_message.c.id == message_id, _message.c.status.in_(_MESSAGE_FROM["sending"]))
-            .values(status="sending")
+            .where(
+                _message.c.id == message_id,
+                _message.c.status.in_(_MESSAGE_FROM[MessageStatus.sending]),
+            )
+            .values(status=MessageStatus.sending)
         )
 
     # ---- closing ----
@@ -710,7 +721,7 @@ class CampaignActivities(CampaignActivitiesContract):
         is, so a retry or a late finish never overwrites a cancellation. Its messages still
         scheduled or sending take the campaign's final status.
         """
-        if req.status not in ("sent", "cancelled"):
+        if req.status not in (CampaignStatus.sent, CampaignStatus.cancelled):
             raise ApplicationError(
                 f"a campaign finishes as sent or cancelled, not {req.status!r}",
                 type="InvalidCampaign",
@@ -722,12 +733,12 @@ class CampaignActivities(CampaignActivitiesContract):
                 update(_campaign)
                 .where(
                     _campaign.c.id == req.campaign_id,
-                    _campaign.c.status.in_(("scheduled", "sending")),
+                    _campaign.c.status.in_((CampaignStatus.scheduled, CampaignStatus.sending)),
                 )
                 .values(
                     status=req.status,
                     finished_at=now,
-                    cancel_reason=req.reason if req.status == "cancelled" else None,
+                    cancel_reason=req.reason if req.status == CampaignStatus.cancelled else None,
                     updated_at=now,
                 )
             )
@@ -736,7 +747,7 @@ class CampaignActivities(CampaignActivitiesContract):
                     update(_message)
                     .where(
                         _message.c.campaign_id == req.campaign_id,
-                        _message.c.status.in_(("scheduled", "sending")),
+                        _message.c.status.in_((MessageStatus.scheduled, MessageStatus.sending)),
                     )
                     .values(status=req.status)
                 )
@@ -746,7 +757,7 @@ class CampaignActivities(CampaignActivitiesContract):
         """Moves one message forward (scheduled, sending, sent, cancelled); never backwards."""
         if req.message_id is None or req.status not in _MESSAGE_FROM:
             raise ApplicationError(
-                f"mark_message needs a message_id and one of {sorted(_MESSAGE_FROM)}",
+                f"mark_message needs a message_id and one of {sorted(map(str, _MESSAGE_FROM))}",
                 type="InvalidCampaign",
                 non_retryable=True,
             )

@@ -41,6 +41,7 @@ from herald.flows.date_triggers import (
 )
 from herald.flows.graph import DatePropertyTrigger
 from models.account import Account
+from models.enums import FlowStatus
 from models.flows import Flow
 from models.profile import Profile
 
@@ -123,7 +124,7 @@ class DateTriggerActivities(DateTriggerActivitiesContract):
             select(Flow)
             .where(
                 Flow.trigger_type == TRIGGER_TYPE,
-                Flow.status.in_(("live", "manual")),
+                Flow.status.in_((FlowStatus.live, FlowStatus.manual)),
                 Flow.deleted_at.is_(None),
             )
             .order_by(Flow.id)

@@ -53,7 +53,7 @@ from models.account import Account
 from models.campaigns import Campaign
 from models.delivery import Delivery
 from models.delivery_dto import DeliveryRequest, DeliveryResult
-from models.enums import ConsentStatus
+from models.enums import ConsentStatus, DeliveryStatus, EnrollmentStatus
 from models.flows import FlowEnrollment
 from models.profile import Consent, Profile
 
@@ -89,7 +89,7 @@ def flow_exited(session: Session, workflow_id: str) -> bool:
     # wait for this send to commit, or this send see that exit: never both "running".
     row = session.execute(stmt.with_for_update(read=True)).first()
     # No row: the enrollment was deleted or never recorded, so it may not be messaged.
-    return row is None or row.exit_reason is not None or row.status != "running"
+    return row is None or row.exit_reason is not None or row.status != EnrollmentStatus.running
 
 
 class DeliveryActivities(DeliveryActivitiesContract):
@@ -151,10 +151,10 @@ class DeliveryActivities(DeliveryActivitiesContract):
             profile = session.get(Profile, request.profile_id)
             decision = decide(FlowFacts(session, request, account, profile, now), QuietHours.hold)
             if decision.skip is not None:
-                return record(session, request, now, "skipped", decision.skip)
+                return record(session, request, now, DeliveryStatus.skipped, decision.skip)
             if decision.hold_until is not None:
                 # Nothing recorded: the workflow sleeps and asks again with the same key.
-                return DeliveryResult(status="held", hold_until=decision.hold_until)
+                return DeliveryResult(status=DeliveryStatus.held, hold_until=decision.hold_until)
             assert profile is not None  # decide() skips a deleted profile
             return self._send(session, request, profile, now)
 
@@ -169,7 +169,7 @@ class DeliveryActivities(DeliveryActivitiesContract):
             body = render(request.content.body, variables)
         except TemplateError as exc:
             log.warning("template error", key=request.idempotency_key, error=str(exc))
-            return record(session, request, now, "failed", FailReason.template_error)
+            return record(session, request, now, DeliveryStatus.failed, FailReason.template_error)
         if subject is not None:
             # A line break in a subject would start a new mail header.
             subject = " ".join(subject.split())[:SUBJECT_MAX]
@@ -182,7 +182,7 @@ class DeliveryActivities(DeliveryActivitiesContract):
         delivery = delivery_row(
             request,
             now,
-            status="sent",
+            status=DeliveryStatus.sent,
             provider=provider.name,
             to_address=to_address,
             subject=subject,
@@ -222,7 +222,7 @@ class DeliveryActivities(DeliveryActivitiesContract):
         except ProviderRejected as exc:
             log.warning("provider rejected", key=request.idempotency_key, error=str(exc))
             delivery.status, delivery.reason, delivery.sent_at = (
-                "failed",
+                DeliveryStatus.failed,
                 FailReason.provider_rejected,
                 None,
             )
@@ -326,7 +326,7 @@ def last_sent_at(
         select(func.max(Delivery.sent_at)).where(
             Delivery.profile_id == profile_id,
             Delivery.channel == channel,
-            Delivery.status == "sent",
+            Delivery.status == DeliveryStatus.sent,
             Delivery.sent_at > since,
         )
     ).scalar()
@@ -342,7 +342,7 @@ def sends_in_last_day_and_week(
         ).where(
             Delivery.profile_id == profile_id,
             Delivery.channel == channel,
-            Delivery.status == "sent",
+            Delivery.status == DeliveryStatus.sent,
             Delivery.sent_at > now - WEEK,
         )
     ).one()
@@ -357,7 +357,11 @@ def recorded_result(session: Session, idempotency_key: str) -> DeliveryResult | 
 
 
 def record(
-    session: Session, request: DeliveryRequest, now: datetime, status: str, reason: str
+    session: Session,
+    request: DeliveryRequest,
+    now: datetime,
+    status: DeliveryStatus,
+    reason: str,
 ) -> DeliveryResult:
     """A delivery row for a message that was not sent (skipped or failed before the provider)."""
     delivery = delivery_row(request, now, status=status, reason=reason)

@@ -57,7 +57,7 @@ from herald.flows.graph import FlowDefinition, MetricTrigger, WaitForEvent
 from herald.flows.property_filters import event_matches
 from herald.routing.contract import RoutedItem
 from models.account import Account
-from models.enums import OutboxKind
+from models.enums import EnrollmentStatus, FlowStatus, OutboxKind
 from models.flows import Flow, FlowEnrollment, FlowVersion
 from models.profile import Profile
 
@@ -222,7 +222,7 @@ class FlowRoutingHandler:
             select(FlowEnrollment)
             .where(
                 FlowEnrollment.workflow_started.is_(False),
-                FlowEnrollment.status == "running",
+                FlowEnrollment.status == EnrollmentStatus.running,
                 FlowEnrollment.started_at < self.clock() - _RECOVER_AFTER,
             )
             .order_by(FlowEnrollment.started_at)
@@ -265,7 +265,7 @@ class FlowRoutingHandler:
                 select(Flow).where(
                     Flow.trigger_key.in_(keys),
                     Flow.trigger_type.in_(("metric", "list", "segment")),
-                    Flow.status.in_(("live", "manual")),
+                    Flow.status.in_((FlowStatus.live, FlowStatus.manual)),
                     Flow.deleted_at.is_(None),
                 )
             ).scalars()
@@ -279,7 +279,7 @@ class FlowRoutingHandler:
             update(enrollments)
             .where(
                 enrollments.c.profile_id == item.profile_id,
-                enrollments.c.status == "running",
+                enrollments.c.status == EnrollmentStatus.running,
                 enrollments.c.exit_reason.is_(None),
                 enrollments.c.flow_id.in_(select(Flow.id).where(Flow.exit_metric == item.metric)),
             )
@@ -295,7 +295,7 @@ class FlowRoutingHandler:
                 FlowEnrollment.workflow_id, FlowEnrollment.flow_id, FlowEnrollment.version
             ).where(
                 FlowEnrollment.profile_id == item.profile_id,
-                FlowEnrollment.status == "running",
+                FlowEnrollment.status == EnrollmentStatus.running,
                 FlowEnrollment.exit_reason.is_(None),
             )
         ).all()
@@ -368,7 +368,7 @@ class FlowRoutingHandler:
                     "version": flow.latest_version,
                     "profile_id": profile_id,
                     "entry_key": key,
-                    "status": "running",
+                    "status": EnrollmentStatus.running,
                     "current_step": definition.entry_step,
                     "trigger": trigger.model_dump(mode="json"),
                     "started_at": now,

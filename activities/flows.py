@@ -26,11 +26,13 @@ from herald.flows.steps import (
     GateRequest,
     Proceed,
     ReviewAnswer,
+    StepOutcome,
     StepReason,
     StepRecord,
 )
 from herald.profiles.changes import announce_profile_changes
 from herald.profiles.lists import add_members, remove_members
+from models.enums import EnrollmentStatus, FlowStatus, ReviewStatus
 from models.flows import EnrollmentStep, Flow, FlowEnrollment, ReviewItem
 from models.lists import ProfileList
 from models.profile import Profile
@@ -96,7 +98,7 @@ class FlowActivities(FlowActivitiesContract):
                     StepRecord(
                         step_id=request.step_id,
                         step_type="exit",
-                        outcome="exited",
+                        outcome=StepOutcome.exited,
                         reason=request.exit_reason,
                         at=request.at,
                     )
@@ -105,7 +107,7 @@ class FlowActivities(FlowActivitiesContract):
             row = session.get(FlowEnrollment, request.workflow_id)
             if row is None:
                 return
-            if row.status == "running":
+            if row.status == EnrollmentStatus.running:
                 row.status = request.status
             row.exit_reason = row.exit_reason or request.exit_reason
             row.current_step = request.step_id or row.current_step
@@ -116,9 +118,9 @@ class FlowActivities(FlowActivitiesContract):
                 update(ReviewItem)
                 .where(
                     ReviewItem.workflow_id == request.workflow_id,
-                    ReviewItem.status == "pending",
+                    ReviewItem.status == ReviewStatus.pending,
                 )
-                .values(status="expired", decided_at=request.at)
+                .values(status=ReviewStatus.expired, decided_at=request.at)
             )
 
     @activity.defn(name="evaluate_conditions")
@@ -137,9 +139,9 @@ class FlowActivities(FlowActivitiesContract):
             if flow is None or flow.deleted_at is not None:
                 return StepReason.flow_deleted
             status = request.message_status or flow.status
-            if status == "draft":
+            if status == FlowStatus.draft:
                 return StepReason.flow_draft if request.message_status is None else StepReason.draft
-            if status == "live":
+            if status == FlowStatus.live:
                 return Proceed.send
             session.execute(
                 insert_ignoring_conflicts(session, ReviewItem.__table__),
@@ -151,7 +153,7 @@ class FlowActivities(FlowActivitiesContract):
                         "step_id": request.step_id,
                         "profile_id": request.profile_id,
                         "channel": request.channel.value,
-                        "status": "pending",
+                        "status": ReviewStatus.pending,
                         "created_at": request.at,
                     }
                 ],
@@ -168,7 +170,7 @@ class FlowActivities(FlowActivitiesContract):
         """approved | rejected | pending, or cancelled when the enrollment itself has ended."""
         with session_scope(self.engine) as session:
             row = session.get(FlowEnrollment, request.workflow_id)
-            if row is None or row.status != "running":
+            if row is None or row.status != EnrollmentStatus.running:
                 return ReviewAnswer.cancelled
             item = session.execute(
                 select(ReviewItem.status).where(
@@ -249,7 +251,7 @@ def _queued(request: GateRequest) -> StepRecord:
     return StepRecord(
         step_id=request.step_id,
         step_type="message",
-        outcome="queued",
+        outcome=StepOutcome.queued,
         reason=StepReason.manual_review,
         at=request.at,
     )

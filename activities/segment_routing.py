@@ -34,7 +34,7 @@ from herald.segments.membership import (
     refresh,
     settle_rechecks,
 )
-from models.enums import OutboxKind
+from models.enums import OutboxKind, SegmentStatus
 from models.routing import SegmentRecheck, SegmentRoutingHealth
 from models.segments import Segment
 
@@ -85,7 +85,9 @@ class _Rechecks:
         self.session, self.now, self.retry_seconds = session, now, retry_seconds
         self.failures = failures
         self.segments = list(
-            session.exec(select(Segment).where(Segment.status == "live").order_by(Segment.id))
+            session.exec(
+                select(Segment).where(Segment.status == SegmentStatus.live).order_by(Segment.id)
+            )
             .scalars()
             .all()
         )

@@ -46,8 +46,9 @@ from herald.flows.cancellation import (
     has_exit_line,
     request_stops,
 )
-from herald.flows.steps import StepRecord
+from herald.flows.steps import StepOutcome, StepRecord
 from models.campaigns import Campaign
+from models.enums import CampaignStatus, EnrollmentStatus
 from models.flows import FlowEnrollment
 from models.profile import Profile
 
@@ -58,13 +59,13 @@ _RPC_SECONDS = 5.0
 _CAMPAIGN_LOOKBACK = timedelta(days=7)
 # A closed workflow whose running row is closed here, by how it closed.
 _CLOSED_AS = {
-    WorkflowExecutionStatus.COMPLETED: ("completed", None),
-    WorkflowExecutionStatus.CANCELED: ("cancelled", "cancelled"),
-    WorkflowExecutionStatus.TERMINATED: ("failed", "workflow_terminated"),
-    WorkflowExecutionStatus.FAILED: ("failed", "workflow_failed"),
-    WorkflowExecutionStatus.TIMED_OUT: ("failed", "workflow_timed_out"),
+    WorkflowExecutionStatus.COMPLETED: (EnrollmentStatus.completed, None),
+    WorkflowExecutionStatus.CANCELED: (EnrollmentStatus.cancelled, "cancelled"),
+    WorkflowExecutionStatus.TERMINATED: (EnrollmentStatus.failed, "workflow_terminated"),
+    WorkflowExecutionStatus.FAILED: (EnrollmentStatus.failed, "workflow_failed"),
+    WorkflowExecutionStatus.TIMED_OUT: (EnrollmentStatus.failed, "workflow_timed_out"),
 }
-_MISSING = ("failed", "workflow_missing")
+_MISSING = (EnrollmentStatus.failed, "workflow_missing")
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ class WorkflowReconciler:
             rows = session.execute(
                 select(e.workflow_id, e.current_step, e.exit_reason, e.ended_at)
                 .where(
-                    e.status == "cancelled",
+                    e.status == EnrollmentStatus.cancelled,
                     e.ended_at < now - self.retry_after,
                     ~has_exit_line(),
                 )
@@ -154,7 +155,7 @@ class WorkflowReconciler:
         stmt = (
             select(e.workflow_id, e.current_step, profile_exists)
             .where(
-                e.status == "running",
+                e.status == EnrollmentStatus.running,
                 e.workflow_started.is_(True),
                 e.started_at < now - self.retry_after,
             )
@@ -185,7 +186,7 @@ class WorkflowReconciler:
                 status, reason = _CLOSED_AS.get(found.status, _MISSING) if found.found else _MISSING
                 changed = session.execute(
                     update(FlowEnrollment.__table__)
-                    .where(e.workflow_id == r.workflow_id, e.status == "running")
+                    .where(e.workflow_id == r.workflow_id, e.status == EnrollmentStatus.running)
                     .values(
                         status=status,
                         exit_reason=func.coalesce(e.exit_reason, reason),
@@ -207,7 +208,7 @@ class WorkflowReconciler:
         with session_scope(engine) as session:
             cancelled = session.execute(
                 select(c.id, c.finished_at).where(
-                    c.status == "cancelled",
+                    c.status == CampaignStatus.cancelled,
                     c.finished_at < settled,
                     c.finished_at >= now - _CAMPAIGN_LOOKBACK,
                 )
@@ -328,7 +329,7 @@ def _write_exit_line(
             StepRecord(
                 step_id=step_id or "",
                 step_type="exit",
-                outcome="exited",
+                outcome=StepOutcome.exited,
                 reason=reason or "cancelled",
                 at=at,
             )

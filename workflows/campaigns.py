@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
         path_workflow_id,
     )
     from herald.core import search_attributes as sa
+    from models.enums import CampaignStatus, MessageStatus
     from workflows.policies import CAMPAIGN_RETRY
 
 # Sending must outlast database or provider outages: retry with back-off, never give up.
@@ -45,7 +46,7 @@ SIGNALS_PER_RUN = 1_000
 @workflow.defn(name=CAMPAIGN_WORKFLOW)
 class CampaignWorkflow:
     def __init__(self) -> None:
-        self.status = "scheduled"
+        self.status = CampaignStatus.scheduled
 
     @workflow.run
     async def run(self, snapshot: CampaignSnapshot) -> str:
@@ -54,9 +55,9 @@ class CampaignWorkflow:
             CampaignActivitiesContract.count_campaign_audience, snapshot, **_ACTIVITY
         )
         if audience == 0:
-            await self._finish(settings.campaign_id, "cancelled", "no_recipients")
-            return "cancelled"
-        self.status = "sending"
+            await self._finish(settings.campaign_id, CampaignStatus.cancelled, "no_recipients")
+            return CampaignStatus.cancelled
+        self.status = CampaignStatus.sending
         children = []
         for path in snapshot.paths:
             tags = None
@@ -77,9 +78,9 @@ class CampaignWorkflow:
             )
         # Cancelling this workflow (unschedule, cancel) cancels the children with it.
         await asyncio.gather(*children)
-        await self._finish(settings.campaign_id, "sent", None)
-        self.status = "sent"
-        return "sent"
+        await self._finish(settings.campaign_id, CampaignStatus.sent, None)
+        self.status = CampaignStatus.sent
+        return CampaignStatus.sent
 
     async def _finish(self, campaign_id: str, status: str, reason: str | None) -> None:
         await workflow.execute_activity_method(
@@ -174,7 +175,9 @@ class CampaignPathWorkflow:
             await workflow.execute_activity_method(
                 CampaignActivitiesContract.mark_message,
                 FinishRequest(
-                    campaign_id=state.settings.campaign_id, message_id=message.id, status="sent"
+                    campaign_id=state.settings.campaign_id,
+                    message_id=message.id,
+                    status=MessageStatus.sent,
                 ),
                 **_ACTIVITY,
             )

@@ -18,6 +18,7 @@ with workflow.unsafe.imports_passed_through():
     from herald.core import search_attributes as sa
     from herald.core.activity_failures import error_message, is_permanent
     from herald.delivery.contract import DeliveryActivitiesContract, WebhookActivitiesContract
+    from herald.delivery.policy import SkipReason
     from herald.flows.contract import (
         QUERY_STATE,
         SIGNAL_APPROVE,
@@ -52,10 +53,12 @@ with workflow.unsafe.imports_passed_through():
         GateRequest,
         Proceed,
         ReviewAnswer,
+        StepOutcome,
         StepReason,
         StepRecord,
     )
     from models.delivery_dto import DeliveryRequest
+    from models.enums import DeliveryStatus, EnrollmentStatus
     from workflows.policies import (
         DELIVER_RETRY,
         WEBHOOK_RETRY,
@@ -85,7 +88,7 @@ class FlowEnrollmentWorkflow:
         self.path: list[str] = []
         self.next_wake_at: datetime | None = None
         self.waiting_for: str | None = None
-        self.status = "running"
+        self.status = EnrollmentStatus.running
         self.records: list[StepRecord] = []
 
     # ---- signals and query ---------------------------------------------------------------------
@@ -97,11 +100,11 @@ class FlowEnrollmentWorkflow:
 
     @workflow.signal(name=SIGNAL_APPROVE)
     def approve(self, step_id: str) -> None:
-        self.decisions.setdefault(step_id, "approved")
+        self.decisions.setdefault(step_id, ReviewAnswer.approved)
 
     @workflow.signal(name=SIGNAL_REJECT)
     def reject(self, step_id: str) -> None:
-        self.decisions.setdefault(step_id, "rejected")
+        self.decisions.setdefault(step_id, ReviewAnswer.rejected)
 
     @workflow.signal(name=SIGNAL_EVENT)
     def event(self, metric: str) -> None:
@@ -136,7 +139,7 @@ class FlowEnrollmentWorkflow:
 
     async def _walk(self, params: EnrollmentInput) -> EnrollmentState:
         definition = params.definition
-        self._record(definition.entry_step, "entry", "entered")
+        self._record(definition.entry_step, "entry", StepOutcome.entered)
         step_id: str | None = definition.entry_step
         while step_id is not None and self.exit_reason is None:
             step = definition.step(step_id)
@@ -159,7 +162,7 @@ class FlowEnrollmentWorkflow:
         A cancelled workflow may still run activities once it has caught the cancellation; an
         activity or timer it was awaiting is cancelled, so a webhook retrying for a day stops."""
         self.exit_reason = self.exit_reason or "cancelled"
-        self.status, self.waiting_for, self.next_wake_at = "cancelled", None, None
+        self.status, self.waiting_for, self.next_wake_at = EnrollmentStatus.cancelled, None, None
         await self._close()
 
     async def _close(self) -> None:
@@ -210,7 +213,7 @@ class FlowEnrollmentWorkflow:
                 await self._webhook(step)
                 return step.next
             case ExitStep():
-                self._record(step.id, step.type, "processed")
+                self._record(step.id, step.type, StepOutcome.processed)
                 self.exit_reason = self.exit_reason or "exit_step"
                 return None
         raise AssertionError(f"unknown step type {step!r}")
@@ -218,7 +221,7 @@ class FlowEnrollmentWorkflow:
     async def _time_delay(self, step: TimeDelay) -> str | None:
         if await self._sleep_until(wake_time(workflow.now(), step, self.input.timezone), "timer"):
             return None
-        self._record(step.id, step.type, "processed")
+        self._record(step.id, step.type, StepOutcome.processed)
         return step.next
 
     async def _conditional_split(self, step: ConditionalSplit) -> str | None:
@@ -234,13 +237,13 @@ class FlowEnrollmentWorkflow:
         if holds is _FAILED:  # no branch can be chosen: the enrollment ends, failed
             self.exit_reason = self.exit_reason or _FAILED_EXIT
             return None
-        self._record(step.id, step.type, "processed", detail={"branch": _yes_no(holds)})
+        self._record(step.id, step.type, StepOutcome.processed, detail={"branch": _yes_no(holds)})
         return step.yes if holds else step.no
 
     def _trigger_split(self, step: TriggerSplit) -> str | None:
         trigger = self.input.trigger
         holds = event_matches(trigger.properties, trigger.value, step.conditions)
-        self._record(step.id, step.type, "processed", detail={"branch": _yes_no(holds)})
+        self._record(step.id, step.type, StepOutcome.processed, detail={"branch": _yes_no(holds)})
         return step.yes if holds else step.no
 
     def _random_split(self, step: RandomSplit) -> str | None:
@@ -249,7 +252,7 @@ class FlowEnrollmentWorkflow:
         for index, branch in enumerate(step.branches):
             pick -= branch.weight
             if pick < 0 or index == len(step.branches) - 1:
-                self._record(step.id, step.type, "processed", detail={"branch": index})
+                self._record(step.id, step.type, StepOutcome.processed, detail={"branch": index})
                 return branch.next
         raise AssertionError("a random split has at least one branch")
 
@@ -285,7 +288,7 @@ class FlowEnrollmentWorkflow:
         if self.exit_reason is not None:
             return None
         happened = step.metric in self.metrics_seen
-        self._record(step.id, step.type, "processed", detail={"event": happened})
+        self._record(step.id, step.type, StepOutcome.processed, detail={"event": happened})
         return step.on_event if happened else step.on_timeout
 
     async def _message(self, step: Message) -> None:
@@ -308,13 +311,13 @@ class FlowEnrollmentWorkflow:
             return
         if gate != Proceed.send:
             if gate != Proceed.queue:  # draft message or flow: skipped, the walk goes on
-                self._record(step.id, step.type, "skipped", reason=gate)
+                self._record(step.id, step.type, StepOutcome.skipped, reason=gate)
                 return
             await self._await_review(step)
             if self.exit_reason is not None:
                 return
-            if self.decisions[step.id] == "rejected":
-                self._record(step.id, step.type, "skipped", reason="rejected")
+            if self.decisions[step.id] == ReviewAnswer.rejected:
+                self._record(step.id, step.type, StepOutcome.skipped, reason=StepReason.rejected)
                 return
         request = DeliveryRequest(
             idempotency_key=f"flow:{wid}:{step.id}",
@@ -349,21 +352,21 @@ class FlowEnrollmentWorkflow:
                     raise
                 self._failed(step.id, step.type, error)
                 return
-            if result.status != "held":
+            if result.status != DeliveryStatus.held:
                 break
             # Quiet hours: wait (exit-aware) until the window opens, then ask again.
-            self._record(step.id, step.type, "held", reason="quiet_hours")
+            self._record(step.id, step.type, StepOutcome.held, reason="quiet_hours")
             if await self._sleep_until(result.hold_until, "quiet_hours"):
                 return
-        if result.status == "sent":
-            self._record(step.id, step.type, "processed")
+        if result.status == DeliveryStatus.sent:
+            self._record(step.id, step.type, StepOutcome.processed)
         else:
-            self._record(step.id, step.type, result.status, reason=result.reason)
-            if result.reason == "filter":
+            self._record(step.id, step.type, StepOutcome(result.status), reason=result.reason)
+            if result.reason == SkipReason.filter:
                 self.exit_reason = self.exit_reason or "filter"
-            elif result.reason == "exited":
+            elif result.reason == SkipReason.exited:
                 self.exit_reason = self.exit_reason or "exited"
-            elif result.reason == "segment":  # left the segment that triggered the flow
+            elif result.reason == SkipReason.segment:  # left the segment that triggered the flow
                 self.exit_reason = self.exit_reason or "segment"
 
     async def _await_review(self, step: Message) -> None:
@@ -415,9 +418,9 @@ class FlowEnrollmentWorkflow:
         if outcome is _FAILED:
             return
         if outcome == Proceed.done:
-            self._record(step.id, step.type, "processed")
+            self._record(step.id, step.type, StepOutcome.processed)
         else:
-            self._record(step.id, step.type, "skipped", reason=outcome)
+            self._record(step.id, step.type, StepOutcome.skipped, reason=outcome)
 
     async def _webhook(self, step) -> None:
         is_webhook = isinstance(step, WebhookStep)
@@ -450,7 +453,7 @@ class FlowEnrollmentWorkflow:
                 self._record(
                     step.id,
                     step.type,
-                    "skipped",
+                    StepOutcome.skipped,
                     reason=StepReason.webhook_gave_up,
                     detail={"error": error_message(error)},
                 )
@@ -459,11 +462,16 @@ class FlowEnrollmentWorkflow:
             self.waiting_for = None
         if result.status == "delivered":
             self._record(
-                step.id, step.type, "processed", detail={"http_status": result.http_status}
+                step.id,
+                step.type,
+                StepOutcome.processed,
+                detail={"http_status": result.http_status},
             )
         else:
             detail = {"error": result.detail} if result.detail else None
-            self._record(step.id, step.type, "skipped", reason=result.reason, detail=detail)
+            self._record(
+                step.id, step.type, StepOutcome.skipped, reason=result.reason, detail=detail
+            )
 
     # ---- timeline ------------------------------------------------------------------------------
 
@@ -471,7 +479,7 @@ class FlowEnrollmentWorkflow:
         self,
         step_id: str,
         step_type: str,
-        outcome: str,
+        outcome: StepOutcome,
         reason: str | None = None,
         detail: dict | None = None,
     ) -> None:
@@ -498,7 +506,7 @@ class FlowEnrollmentWorkflow:
                 FlowActivitiesContract.record_steps,
                 CloseRequest(
                     workflow_id=workflow.info().workflow_id,
-                    status="running",
+                    status=EnrollmentStatus.running,
                     step_id=self.current_step,
                     at=workflow.now(),
                     records=self._take_records(),
@@ -527,7 +535,7 @@ class FlowEnrollmentWorkflow:
         self._record(
             step_id,
             step_type,
-            "failed",
+            StepOutcome.failed,
             reason=StepReason.error,
             detail={"error": error_message(error)},
         )
@@ -543,11 +551,11 @@ def _yes_no(holds: bool) -> str:
     return "yes" if holds else "no"
 
 
-def _final_status(exit_reason: str | None) -> str:
+def _final_status(exit_reason: str | None) -> EnrollmentStatus:
     if exit_reason is None:
-        return "completed"
+        return EnrollmentStatus.completed
     if exit_reason == _FAILED_EXIT:
-        return "failed"
+        return EnrollmentStatus.failed
     if exit_reason in ("operator", "flow_deleted", "profile_deleted", "cancelled"):
-        return "cancelled"
-    return "exited"
+        return EnrollmentStatus.cancelled
+    return EnrollmentStatus.exited

@@ -118,7 +118,7 @@ def _enrollment_with_timeline(engine, workflow_id: str) -> EnrollmentDetail:
 )
 async def get_enrollment(workflow_id: str, request: Request, engine: EngineDep) -> EnrollmentDetail:
     detail = await run_in_threadpool(_enrollment_with_timeline, engine, workflow_id)
-    if detail.status == "running":
+    if detail.status == EnrollmentStatus.running:
         detail.live = await _live_state(request.app.state.temporal, workflow_id)
     return detail
 
@@ -165,12 +165,16 @@ def list_review_queue(
 async def approve_review_item(
     item_id: str, request: Request, engine: EngineDep
 ) -> ReviewItemPublic:
-    return await enrollments.decide(engine, request.app.state.temporal, item_id, "approved")
+    return await enrollments.decide(
+        engine, request.app.state.temporal, item_id, ReviewStatus.approved
+    )
 
 
 @router.post("/v1/review-queue/{item_id}/reject", summary="Reject a queued message: it is skipped")
 async def reject_review_item(item_id: str, request: Request, engine: EngineDep) -> ReviewItemPublic:
-    return await enrollments.decide(engine, request.app.state.temporal, item_id, "rejected")
+    return await enrollments.decide(
+        engine, request.app.state.temporal, item_id, ReviewStatus.rejected
+    )
 
 
 # ---- report -------------------------------------------------------------------------------------

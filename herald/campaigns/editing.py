@@ -43,6 +43,7 @@ from models.campaign_dto import (
     PathUpdate,
 )
 from models.campaigns import Campaign, CampaignExit, CampaignMessage, CampaignPath
+from models.enums import CampaignStatus, SegmentStatus
 from models.lists import ProfileList
 from models.segments import Segment
 from models.types import utcnow
@@ -108,7 +109,7 @@ def _require_settings_editable(campaign: Campaign, fields: Sequence[str]) -> Non
             f"{named}: locked while the campaign is {campaign.status}: unschedule it (revert "
             "it to draft) first to change send settings or exit criteria"
         )
-    if campaign.status != "draft":
+    if campaign.status != CampaignStatus.draft:
         raise CampaignConflict(
             f"{named}: the campaign is {campaign.status}; its send settings and exit criteria "
             "can no longer change"
@@ -116,7 +117,7 @@ def _require_settings_editable(campaign: Campaign, fields: Sequence[str]) -> Non
 
 
 def delete_campaign(session: Session, campaign: Campaign) -> None:
-    if campaign.status not in ("draft", "cancelled"):
+    if campaign.status not in (CampaignStatus.draft, CampaignStatus.cancelled):
         raise CampaignConflict(
             f"campaign {campaign.id!r} is {campaign.status}: only draft or cancelled campaigns "
             "can be deleted (unschedule or cancel it first)"
@@ -128,7 +129,7 @@ def delete_campaign(session: Session, campaign: Campaign) -> None:
 
 def require_draft(campaign: Campaign) -> None:
     """Paths and messages change only in draft."""
-    if campaign.status == "draft":
+    if campaign.status == CampaignStatus.draft:
         return
     if campaign.status in ACTIVE_STATUSES:
         hint = "unschedule it (revert it to draft) to edit paths and messages"
@@ -153,7 +154,7 @@ def _check_audience(session: Session, values: dict[str, list[str]]) -> dict[str,
         for index, segment_id in enumerate(out.get(name, [])):
             if segment_id not in status:
                 raise InvalidCampaign(f"{name}[{index}]", f"no segment has id {segment_id!r}")
-            if status[segment_id] != "live":
+            if status[segment_id] != SegmentStatus.live:
                 reason = f"segment {segment_id!r} is a draft: set it live first"
                 raise InvalidCampaign(f"{name}[{index}]", reason)
     wanted = {i for name in LIST_FIELDS for i in out.get(name, [])}

@@ -26,6 +26,7 @@ from herald.core.errors import Conflict, NotReady, Unavailable
 from herald.core.search_attributes import attributes
 from herald.core.temporal import TemporalAccess
 from models.campaign_dto import CampaignPublic, CampaignReview
+from models.enums import CampaignStatus
 from models.types import utcnow
 
 log = structlog.get_logger("herald.campaigns")
@@ -69,7 +70,7 @@ def public(engine: Engine, campaign_id: str) -> CampaignPublic:
 def _mark_scheduled(engine: Engine, settings: Settings, campaign_id: str) -> CampaignSnapshot:
     with session_scope(engine) as session:
         campaign = store.load_campaign(session, campaign_id, for_update=True)
-        if campaign.status != "draft":
+        if campaign.status != CampaignStatus.draft:
             raise Conflict(
                 f"campaign {campaign_id!r} is {campaign.status}: only a draft can be scheduled"
             )
@@ -86,7 +87,9 @@ def _mark_scheduled(engine: Engine, settings: Settings, campaign_id: str) -> Cam
 def _undo_schedule(engine: Engine, campaign_id: str) -> None:
     with session_scope(engine) as session:
         campaign = store.load_campaign(session, campaign_id, for_update=True)
-        if campaign.status == "scheduled" and not transitions.anything_sent(session, campaign):
+        if campaign.status == CampaignStatus.scheduled and not transitions.anything_sent(
+            session, campaign
+        ):
             transitions.revert_to_draft(session, campaign)
 
 
@@ -205,7 +208,7 @@ async def unschedule(engine: Engine, temporal: TemporalAccess, campaign_id: str)
             "workflow; it is still scheduled, try again when Temporal is up"
         ) from None
     reverted = await asyncio.to_thread(_revert, engine, campaign_id)
-    if reverted.status == "cancelled":
+    if reverted.status == CampaignStatus.cancelled:
         raise Conflict(
             f"campaign {campaign_id!r} started sending while it was being unscheduled: its "
             "workflow was stopped and the campaign is now cancelled"

@@ -15,6 +15,7 @@ from models.campaign_dto import (
 )
 from models.campaigns import Campaign, CampaignExit
 from models.delivery import Delivery
+from models.enums import DeliveryStatus
 
 
 @dataclass
@@ -24,11 +25,11 @@ class _Counts:
     skipped: dict[str, int] | None = None
 
     def add(self, status: str, reason: str | None, count: int) -> None:
-        if status == "sent":
+        if status == DeliveryStatus.sent:
             self.sent += count
-        elif status == "failed":
+        elif status == DeliveryStatus.failed:
             self.failed += count
-        elif status == "skipped":
+        elif status == DeliveryStatus.skipped:
             self.skipped = self.skipped or {}
             key = reason or "unspecified"
             self.skipped[key] = self.skipped.get(key, 0) + count
@@ -61,7 +62,7 @@ def report(session: Session, campaign: Campaign) -> CampaignReport:
                 c.sent += counts.sent
                 c.failed += counts.failed
                 for reason, n in (counts.skipped or {}).items():
-                    c.add("skipped", reason, n)
+                    c.add(DeliveryStatus.skipped, reason, n)
             lines.append(
                 MessageReport(
                     message_id=m.id,

@@ -23,9 +23,10 @@ from models.campaign_dto import (
     PathPublic,
 )
 from models.campaigns import Campaign, CampaignMessage, CampaignPath
+from models.enums import CampaignStatus
 from models.types import utcnow
 
-ACTIVE_STATUSES = ("scheduled", "sending")
+ACTIVE_STATUSES = (CampaignStatus.scheduled, CampaignStatus.sending)
 LIST_FIELDS = ("include_lists", "exclude_lists")
 
 

@@ -9,29 +9,35 @@ from sqlmodel import Session
 from herald.campaigns.store import touch
 from models.campaigns import Campaign, CampaignMessage
 from models.delivery import Delivery
+from models.enums import CampaignStatus, MessageStatus
 
 
 def mark_scheduled(session: Session, campaign: Campaign, now: datetime) -> None:
-    campaign.status = "scheduled"
+    campaign.status = CampaignStatus.scheduled
     campaign.scheduled_at = now
     campaign.cancel_reason = None
-    _set_message_status(session, campaign.id, "scheduled", only=("draft",))
+    _set_message_status(session, campaign.id, MessageStatus.scheduled, only=(MessageStatus.draft,))
     touch(session, campaign)
 
 
 def revert_to_draft(session: Session, campaign: Campaign) -> None:
-    campaign.status = "draft"
+    campaign.status = CampaignStatus.draft
     campaign.scheduled_at = None
-    _set_message_status(session, campaign.id, "draft", only=("scheduled",))
+    _set_message_status(session, campaign.id, MessageStatus.draft, only=(MessageStatus.scheduled,))
     touch(session, campaign)
 
 
 def cancel(session: Session, campaign: Campaign, reason: str, now: datetime) -> None:
     """Ends the campaign; every message not yet sent is cancelled."""
-    campaign.status = "cancelled"
+    campaign.status = CampaignStatus.cancelled
     campaign.cancel_reason = reason
     campaign.finished_at = now
-    _set_message_status(session, campaign.id, "cancelled", only=("draft", "scheduled", "sending"))
+    _set_message_status(
+        session,
+        campaign.id,
+        MessageStatus.cancelled,
+        only=(MessageStatus.draft, MessageStatus.scheduled, MessageStatus.sending),
+    )
     touch(session, campaign)
 
 
@@ -48,7 +54,7 @@ def anything_sent(session: Session, campaign: Campaign) -> bool:
             exists().where(Delivery.run_kind == "campaign", Delivery.run_id == campaign.id),
             exists().where(
                 CampaignMessage.campaign_id == campaign.id,
-                CampaignMessage.status.in_(("sending", "sent")),
+                CampaignMessage.status.in_((MessageStatus.sending, MessageStatus.sent)),
             ),
         )
     )

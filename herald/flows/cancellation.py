@@ -27,6 +27,8 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
 from herald.flows.contract import SIGNAL_EXIT
+from herald.flows.steps import StepOutcome
+from models.enums import EnrollmentStatus, ReviewStatus
 from models.flows import EnrollmentStep, FlowEnrollment, ReviewItem
 from models.types import utcnow
 
@@ -58,8 +60,8 @@ def cancel_enrollments(session: Session, reason: str, *conditions) -> list[str]:
     ids = list(
         session.scalars(
             update(table)
-            .where(table.c.status == "running", *conditions)
-            .values(status="cancelled", exit_reason=reason, ended_at=utcnow())
+            .where(table.c.status == EnrollmentStatus.running, *conditions)
+            .values(status=EnrollmentStatus.cancelled, exit_reason=reason, ended_at=utcnow())
             .returning(table.c.workflow_id)
         )
     )
@@ -73,8 +75,8 @@ def expire_reviews(session: Session, workflow_ids: list[str], at: datetime | Non
         table = ReviewItem.__table__
         session.execute(
             update(table)
-            .where(table.c.workflow_id.in_(workflow_ids), table.c.status == "pending")
-            .values(status="expired", decided_at=at or utcnow())
+            .where(table.c.workflow_id.in_(workflow_ids), table.c.status == ReviewStatus.pending)
+            .values(status=ReviewStatus.expired, decided_at=at or utcnow())
         )
 
 
@@ -83,7 +85,8 @@ def has_exit_line():
     steps = EnrollmentStep.__table__.c
     return exists(
         select(steps.id).where(
-            steps.workflow_id == FlowEnrollment.__table__.c.workflow_id, steps.outcome == "exited"
+            steps.workflow_id == FlowEnrollment.__table__.c.workflow_id,
+            steps.outcome == StepOutcome.exited,
         )
     )
 

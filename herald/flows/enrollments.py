@@ -21,6 +21,7 @@ from herald.core.errors import Conflict, NotFound
 from herald.core.temporal import TemporalAccess
 from herald.flows.cancellation import cancel_enrollments
 from herald.flows.contract import SIGNAL_APPROVE, SIGNAL_REJECT
+from models.enums import EnrollmentStatus, ReviewStatus
 from models.flow_dto import EnrollmentPublic, ReviewItemPublic
 from models.flows import FlowEnrollment, ReviewItem
 from models.types import utcnow
@@ -31,8 +32,11 @@ log = structlog.get_logger("herald.flows")
 TEMPORAL_TIMEOUT_SECONDS = 2.0
 _SIGNAL_CONCURRENCY = 32
 
-Decision = Literal["approved", "rejected"]
-_SIGNALS: dict[Decision, str] = {"approved": SIGNAL_APPROVE, "rejected": SIGNAL_REJECT}
+Decision = Literal[ReviewStatus.approved, ReviewStatus.rejected]
+_SIGNALS: dict[Decision, str] = {
+    ReviewStatus.approved: SIGNAL_APPROVE,
+    ReviewStatus.rejected: SIGNAL_REJECT,
+}
 
 
 # ---- cancel -------------------------------------------------------------------------------------
@@ -69,17 +73,19 @@ def _decide(engine: Engine, item_id: str, decision: Decision) -> ReviewItemPubli
         item = session.get(ReviewItem, item_id, with_for_update=True)
         if item is None:
             raise NotFound("review item", item_id)
-        if item.status != "pending":
+        if item.status != ReviewStatus.pending:
             raise Conflict(f"review item {item_id!r} is already {item.status}")
         enrollment_status = session.scalar(
             select(FlowEnrollment.status).where(FlowEnrollment.workflow_id == item.workflow_id)
         )
         # An ended enrollment sends nothing more, so the item expires instead of being decided.
-        item.status = decision if enrollment_status == "running" else "expired"
+        item.status = (
+            decision if enrollment_status == EnrollmentStatus.running else ReviewStatus.expired
+        )
         item.decided_at = utcnow()
         session.add(item)
         public = ReviewItemPublic.model_validate(item.model_dump())
-    if public.status == "expired":  # committed: the item stays expired
+    if public.status == ReviewStatus.expired:  # committed: the item stays expired
         raise Conflict(
             f"the enrollment of review item {item_id!r} has ended ({enrollment_status}); "
             "the item is expired"

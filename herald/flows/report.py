@@ -4,6 +4,7 @@ from sqlalchemy import func, select
 from sqlmodel import Session
 
 from herald.flows.graph import FlowDefinition
+from herald.flows.steps import StepOutcome
 from herald.flows.store import load_flow
 from models.delivery import Delivery
 from models.flow_dto import FlowReport, StepReport
@@ -42,11 +43,16 @@ def flow_report(session: Session, flow_id: str) -> FlowReport:
 
     for step_id, step_type, outcome, reason, count in sorted(outcomes, key=_sort_key):
         line = report(step_id, step_type)
-        if outcome in ("skipped", "exited"):
+        if outcome in (StepOutcome.skipped, StepOutcome.exited):
             by_reason = getattr(line, outcome)
             key = reason or _UNSPECIFIED
             by_reason[key] = by_reason.get(key, 0) + count
-        elif outcome in ("entered", "processed", "queued", "held"):
+        elif outcome in (
+            StepOutcome.entered,
+            StepOutcome.processed,
+            StepOutcome.queued,
+            StepOutcome.held,
+        ):
             setattr(line, outcome, getattr(line, outcome) + count)
     for step_id, status, count in sorted(deliveries, key=_sort_key):
         line = report(step_id)

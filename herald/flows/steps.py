@@ -56,12 +56,24 @@ class ReviewAnswer(StrEnum):
     cancelled = "cancelled"
 
 
+class StepOutcome(StrEnum):
+    """What one timeline line (enrollment_step.outcome) says happened at its step."""
+
+    entered = "entered"  # the enrollment started here
+    processed = "processed"  # the step did its work (sent, waited, branched, changed the profile)
+    skipped = "skipped"  # the step was passed over; the line's reason says why
+    held = "held"  # a text waits for quiet hours to end
+    queued = "queued"  # a message waits in the review queue
+    exited = "exited"  # the enrollment ended here; the reason is its exit reason
+    failed = "failed"  # a permanent error: the step failed, the walk goes on
+
+
 class StepRecord(BaseModel):
     """One timeline line; `at` is workflow time, so replays and retries write the same row."""
 
     step_id: str
     step_type: str
-    outcome: str  # entered | processed | skipped | held | queued | exited | failed
+    outcome: str  # a StepOutcome
     reason: str | None = None
     detail: dict[str, Any] = Field(default_factory=dict)
     at: datetime

@@ -14,6 +14,7 @@ from herald.flows.cancellation import cancel_enrollments
 from herald.flows.graph import FlowDefinition, ListTrigger, MetricTrigger, SegmentTrigger
 from herald.flows.validation import validate_definition
 from herald.segments.store import live_segment_ids
+from models.enums import FlowStatus, SegmentStatus
 from models.events import Metric
 from models.flow_dto import FlowCreate, FlowPublic, FlowSummary, FlowUpdate
 from models.flows import Flow, FlowEnrollment, FlowVersion
@@ -22,7 +23,7 @@ from models.segments import Segment
 from models.types import utcnow
 
 # Statuses in which enrollments run: the definition must be valid against today's lists/metrics.
-RUNNING_STATUSES = ("manual", "live")
+RUNNING_STATUSES = (FlowStatus.manual, FlowStatus.live)
 
 
 def load_flow(session: Session, flow_id: str, for_update: bool = False) -> Flow:
@@ -54,7 +55,9 @@ def require_valid(session: Session, defn: FlowDefinition) -> None:
         known_metrics=set(session.scalars(select(Metric.name))),
         known_lists=set(session.scalars(select(ProfileList.id))),
         known_segments=live_segment_ids(session),
-        draft_segments=set(session.scalars(select(Segment.id).where(Segment.status == "draft"))),
+        draft_segments=set(
+            session.scalars(select(Segment.id).where(Segment.status == SegmentStatus.draft))
+        ),
     )
     if problems:
         raise InvalidDefinition(f"the flow definition has {len(problems)} problem(s)", problems)

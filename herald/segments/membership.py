@@ -18,7 +18,7 @@ from sqlmodel import Session
 
 from herald.segments.definition import Dependencies, SegmentDefinition, dependencies
 from herald.segments.sql import profile, segment_clause
-from models.enums import OutboxKind
+from models.enums import OutboxKind, SegmentStatus
 from models.routing import RoutingOutbox, SegmentRecheck, SegmentRoutingHealth
 from models.segments import Segment, SegmentMembership
 from models.types import UTCDateTime
@@ -148,7 +148,7 @@ def refresh(
             part = _apply(session, segment.id, clause, chunk, now)
             delta.added += part.added
             delta.removed += part.removed
-    if organic and segment.status == "live":
+    if organic and segment.status == SegmentStatus.live:
         _announce(session, segment.id, delta, now)
     if profile_ids is None:
         segment.member_count = session.execute(

@@ -28,14 +28,15 @@ from herald.segments.definition import (
 from herald.segments.membership import forget_rechecks, refresh
 from herald.segments.sql import members_query
 from models.campaigns import Campaign, CampaignPath
+from models.enums import CampaignStatus, FlowStatus, SegmentStatus
 from models.events import Metric
 from models.flows import Flow, FlowVersion
 from models.lists import ProfileList
 from models.segments import Segment
 
 # Statuses in which a flow or campaign reads its segments: a segment they use stays live.
-_FLOW_USING = ("manual", "live")
-_CAMPAIGN_USING = ("draft", "scheduled", "sending")
+_FLOW_USING = (FlowStatus.manual, FlowStatus.live)
+_CAMPAIGN_USING = (CampaignStatus.draft, CampaignStatus.scheduled, CampaignStatus.sending)
 
 
 def _location(loc: tuple) -> str:
@@ -165,7 +166,7 @@ def update_segment(
 
 
 def set_status(session: Session, segment: Segment, status: str, now: datetime) -> Segment:
-    if status == "draft" and segment.status == "live":
+    if status == SegmentStatus.draft and segment.status == SegmentStatus.live:
         users = segment_users(session, segment.id)
         if users:
             reason = f"the segment is in use by {', '.join(users[:5])}: stop those first"
@@ -175,7 +176,7 @@ def set_status(session: Session, segment: Segment, status: str, now: datetime) -
         segment.updated_at = now
         session.add(segment)
         session.flush()
-        if status == "live":
+        if status == SegmentStatus.live:
             # Routing does not re-check drafts: catch up on what happened meanwhile, silently
             # (qualifying while a draft is not an organic entry).
             refresh(session, segment, now, organic=False)
@@ -222,7 +223,7 @@ def segment_users(session: Session, segment_id: str) -> list[str]:
 
 
 def live_segment_ids(session: Session) -> set[str]:
-    return set(session.scalars(select(Segment.id).where(Segment.status == "live")))
+    return set(session.scalars(select(Segment.id).where(Segment.status == SegmentStatus.live)))
 
 
 def preview(session: Session, definition: dict, now: datetime, sample_size: int) -> tuple:
