@@ -11,6 +11,14 @@ from models.campaigns import Campaign, CampaignMessage
 from models.delivery import Delivery
 from models.enums import CampaignStatus, MessageStatus
 
+# A message's status only moves forward: draft → scheduled → sending → sent, or → cancelled.
+MESSAGE_FROM = {
+    MessageStatus.scheduled: (MessageStatus.draft,),
+    MessageStatus.sending: (MessageStatus.draft, MessageStatus.scheduled),
+    MessageStatus.sent: (MessageStatus.draft, MessageStatus.scheduled, MessageStatus.sending),
+    MessageStatus.cancelled: (MessageStatus.draft, MessageStatus.scheduled, MessageStatus.sending),
+}
+
 
 def mark_scheduled(session: Session, campaign: Campaign, now: datetime) -> None:
     campaign.status = CampaignStatus.scheduled
