@@ -40,9 +40,9 @@ class Invalid(DomainError):
 class InvalidDefinition(DomainError):
     """A definition (flow, segment) refused with every problem at once, each field and reason."""
 
-    def __init__(self, what: str, errors: list[dict[str, str]]) -> None:
+    def __init__(self, what: str, errors: list[dict[str, str]], *, count_more: bool = True) -> None:
         shown = "; ".join(f"{e['field']}: {e['reason']}" for e in errors[:5])
-        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        more = f" (and {len(errors) - 5} more)" if count_more and len(errors) > 5 else ""
         super().__init__(f"{what}: {shown}{more}", errors)
 
 

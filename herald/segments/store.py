@@ -63,10 +63,10 @@ def parse_definition(session: Session, raw: dict) -> SegmentDefinition:
             }
             for e in exc.errors()
         ]
-        raise InvalidDefinition("invalid segment definition", errors) from None
+        raise InvalidDefinition("invalid segment definition", errors, count_more=False) from None
     problems = _unknown_references(session, definition) + _over_budget(definition)
     if problems:
-        raise InvalidDefinition("invalid segment definition", problems)
+        raise InvalidDefinition("invalid segment definition", problems, count_more=False)
     return definition
 
 
