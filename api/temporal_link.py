@@ -6,7 +6,7 @@ import structlog
 from temporalio.client import Client
 
 from herald.core.config import Settings
-from herald.core.temporal import connect
+from herald.core.temporal import OPERATOR_CALL_TIMEOUT_SECONDS, connect
 from herald.flows.cancellation import StopRequest, request_stops
 
 log = structlog.get_logger("herald.api")
@@ -16,10 +16,6 @@ log = structlog.get_logger("herald.api")
 TEMPORAL_HEADER = "Herald-Temporal"
 CANCEL_REQUESTED = "cancel_requested"
 PENDING_RECONCILE = "pending_reconcile"
-
-
-# How long a call that cancels work waits for Temporal before leaving it to the reconcile.
-STOP_TIMEOUT_SECONDS = 2.0
 
 
 class TemporalLink:
@@ -70,4 +66,5 @@ async def stop_enrollments(link: TemporalLink, workflow_ids: list[str], reason: 
     """Asks the workflows of just-cancelled enrollments to stop (see herald/flows/cancellation.py).
 
     Returns the `Herald-Temporal` header's value; never raises."""
-    return await link.stop_workflows([(w, reason) for w in workflow_ids], STOP_TIMEOUT_SECONDS)
+    stops: list[tuple[str, str | None]] = [(w, reason) for w in workflow_ids]
+    return await link.stop_workflows(stops, OPERATOR_CALL_TIMEOUT_SECONDS)

@@ -374,10 +374,10 @@ async def herald_phase(run: "Run", list_id: str, emails: list[str]) -> dict:
     m2 = next_minute(now + timedelta(seconds=estimate + 30))
     m3 = next_minute(m2 + timedelta(seconds=estimate + 10))
     times = [now - timedelta(minutes=5), m2, m3]
-    snapshot = create_campaign(run.engine, run.tag, run.zone, list_id, times)
-    campaign_id = snapshot.settings.campaign_id
-    messages = snapshot.paths[0].messages
-    path_id = snapshot.paths[0].id
+    plan = create_campaign(run.engine, run.tag, run.zone, list_id, times)
+    campaign_id = plan.settings.campaign_id
+    messages = plan.paths[0].messages
+    path_id = plan.paths[0].id
     log(
         f"2. Herald: campaign {campaign_id}: message 1 now, 2 at {m2:%H:%M} UTC, "
         f"3 at {m3:%H:%M} UTC"
@@ -390,7 +390,7 @@ async def herald_phase(run: "Run", list_id: str, emails: list[str]) -> dict:
     started = time.time()
     handle = await run.client.start_workflow(
         CAMPAIGN_WORKFLOW,
-        snapshot,
+        plan,
         id=campaign_workflow_id(campaign_id),
         task_queue=Settings().task_queue,
         search_attributes=attributes(kind="campaign", campaign_id=campaign_id),

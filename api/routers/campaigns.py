@@ -1,8 +1,9 @@
 """Omnichannel campaigns: drafts (settings, paths, messages), review, schedule, cancel, report.
 
-The rules live in herald/campaigns/: store.py (limits, locks, audiences, snapshot), review.py
-(errors and warnings) and lifecycle.py (schedule, unschedule, cancel, in the database and in
-Temporal). This router maps requests onto them; their errors become HTTP in api/errors.py.
+The rules live in herald/campaigns/: store.py (rows, limits, locks), editing.py (paths and
+messages), review.py with review_facts.py (errors and warnings), lifecycle.py (schedule,
+unschedule, cancel, in the database and in Temporal) and report.py. This router maps requests
+onto them; their errors become HTTP in api/errors.py.
 """
 
 from fastapi import APIRouter, Depends, Request, Response, status

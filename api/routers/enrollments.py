@@ -25,6 +25,7 @@ from api.pagination import (
 )
 from api.temporal_link import TEMPORAL_HEADER, TemporalLink
 from herald.core.db import session_scope
+from herald.core.temporal import OPERATOR_CALL_TIMEOUT_SECONDS
 from herald.flows import enrollments, report
 from herald.flows.contract import (
     QUERY_STATE,
@@ -45,19 +46,16 @@ from models.flows import EnrollmentStep, FlowEnrollment, ReviewItem
 router = APIRouter(tags=["enrollments"], dependencies=[Depends(require_private_key)])
 log = structlog.get_logger("herald.api")
 
-# How long the API waits for Temporal's live state before serving the database's view.
-TEMPORAL_TIMEOUT_SECONDS = 2.0
-
 
 # ---- Temporal, best effort ----------------------------------------------------------------------
 
 
 async def _live_state(link: TemporalLink, workflow_id: str) -> EnrollmentState | None:
     try:
-        client = await asyncio.wait_for(link.client(), TEMPORAL_TIMEOUT_SECONDS)
+        client = await asyncio.wait_for(link.client(), OPERATOR_CALL_TIMEOUT_SECONDS)
         handle = client.get_workflow_handle(workflow_id)
         return await asyncio.wait_for(
-            handle.query(QUERY_STATE, result_type=EnrollmentState), TEMPORAL_TIMEOUT_SECONDS
+            handle.query(QUERY_STATE, result_type=EnrollmentState), OPERATOR_CALL_TIMEOUT_SECONDS
         )
     except Exception as exc:  # unreachable, not found, query failed: serve the DB view
         log.warning("enrollment state query failed", workflow_id=workflow_id, error=repr(exc))

@@ -35,7 +35,7 @@ class StepResults(BaseModel):
 
 
 class RunResults(BaseModel):
-    """Every number counts distinct profiles (see herald/analytics/journey.py)."""
+    """Every number counts distinct profiles (see herald/analytics/journey_report.py)."""
 
     run_kind: str
     run_id: str

@@ -14,8 +14,9 @@ from api.deps import EngineDep, require_private_key
 from api.errors import ApiError, invalid, not_found
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, keyset_page
 from api.profile_pages import public
-from api.temporal_link import STOP_TIMEOUT_SECONDS, TEMPORAL_HEADER, TemporalLink
+from api.temporal_link import TEMPORAL_HEADER, TemporalLink
 from herald.core.db import session_scope
+from herald.core.temporal import OPERATOR_CALL_TIMEOUT_SECONDS
 from herald.profiles.changes import announce_profile_changes
 from herald.profiles.consent import MissingAddress, set_consent
 from herald.profiles.normalize import normalize_email, normalize_phone
@@ -187,7 +188,7 @@ async def delete_profile(profile_id: str, request: Request, engine: EngineDep) -
     cancelled = await run_in_threadpool(_delete, engine, profile_id)
     link: TemporalLink = request.app.state.temporal
     told = await link.stop_workflows(
-        [(w, "profile_deleted") for w in cancelled], STOP_TIMEOUT_SECONDS
+        [(w, "profile_deleted") for w in cancelled], OPERATOR_CALL_TIMEOUT_SECONDS
     )
     return Response(status_code=status.HTTP_204_NO_CONTENT, headers={TEMPORAL_HEADER: told})
 

@@ -2,7 +2,7 @@
 
 An engagement event ("Opened Email", "Clicked SMS", "Bounced Email", ...) names its delivery in
 `$delivery_id`; the router hands every batch here, and each (delivery, kind) keeps its earliest
-event in `delivery_engagement`, which journey results (journey.py) count.
+event in `delivery_engagement`, which journey results (journey_report.py) count.
 """
 
 from collections.abc import Iterable

@@ -1,6 +1,6 @@
 """Gathers from the database what the pure review rules (review.py) need, and applies them.
 
-The audience counts are shared with `GET .../audience`."""
+`audience_counts` counts each path's audience as the page sender will walk it."""
 
 from collections.abc import Sequence
 from datetime import datetime

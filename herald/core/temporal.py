@@ -9,6 +9,10 @@ from temporalio.runtime import Runtime
 
 from herald.core.config import Settings
 
+# How long an operator's call (cancel, signal, live query) waits for Temporal before it leaves
+# the work to the reconcile or answers from the database's view.
+OPERATOR_CALL_TIMEOUT_SECONDS = 2.0
+
 
 async def connect(
     settings: Settings, runtime: Runtime | None = None, attempts: int = 1, delay: float = 1.0

@@ -18,7 +18,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from herald.core.db import session_scope
 from herald.core.errors import Conflict, NotFound
-from herald.core.temporal import TemporalAccess
+from herald.core.temporal import OPERATOR_CALL_TIMEOUT_SECONDS, TemporalAccess
 from herald.flows.cancellation import cancel_enrollments
 from herald.flows.contract import SIGNAL_APPROVE, SIGNAL_REJECT
 from models.enums import EnrollmentStatus, ReviewStatus
@@ -28,8 +28,6 @@ from models.types import utcnow
 
 log = structlog.get_logger("herald.flows")
 
-# How long an operator's call waits for Temporal before leaving it to the reconcile.
-TEMPORAL_TIMEOUT_SECONDS = 2.0
 _SIGNAL_CONCURRENCY = 32
 
 Decision = Literal[ReviewStatus.approved, ReviewStatus.rejected]
@@ -61,7 +59,7 @@ async def cancel(
     """Cancels a running enrollment (exit reason `operator`); returns it and whether Temporal
     was told now (`cancel_requested`) or the reconcile will (`pending_reconcile`)."""
     cancelled = await asyncio.to_thread(_cancel, engine, workflow_id)
-    told = await temporal.stop_workflows([(workflow_id, "operator")], TEMPORAL_TIMEOUT_SECONDS)
+    told = await temporal.stop_workflows([(workflow_id, "operator")], OPERATOR_CALL_TIMEOUT_SECONDS)
     return cancelled, told
 
 
@@ -112,7 +110,7 @@ async def signal_enrollments(
     if not workflow_ids:
         return 0
     try:
-        client = await asyncio.wait_for(temporal.client(), TEMPORAL_TIMEOUT_SECONDS)
+        client = await asyncio.wait_for(temporal.client(), OPERATOR_CALL_TIMEOUT_SECONDS)
     except Exception as exc:  # any failure to connect: the DB change already stands
         log.warning(
             "enrollment signal not sent: Temporal unreachable",
@@ -127,7 +125,7 @@ async def signal_enrollments(
         async with gate:
             try:
                 handle = client.get_workflow_handle(workflow_id)
-                await asyncio.wait_for(handle.signal(signal, arg), TEMPORAL_TIMEOUT_SECONDS)
+                await asyncio.wait_for(handle.signal(signal, arg), OPERATOR_CALL_TIMEOUT_SECONDS)
                 return True
             except RPCError as exc:
                 if exc.status != RPCStatusCode.NOT_FOUND:
