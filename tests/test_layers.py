@@ -32,6 +32,7 @@ MUST_BE_PURE = (
     "herald.analytics.rfm_scoring",
     "herald.delivery.policy",
     "herald.delivery.templates",
+    "herald.delivery.html_text",
     "herald.segments.definition",
     "herald.profiles.normalize",
     "herald.ingest.catalogue",
