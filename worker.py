@@ -39,6 +39,7 @@ from herald.core.db import make_engine
 from herald.core.observability import LogContextInterceptor, metrics_runtime
 from herald.core.search_attributes import attributes
 from herald.core.temporal import connect
+from herald.delivery.provider_hub import ProviderHub
 from herald.routing.contract import RoutingHandler
 from workflows.campaigns import CampaignPathWorkflow, CampaignWorkflow
 from workflows.date_triggers import DateTriggerWorkflow, ensure_date_trigger_schedule
@@ -79,7 +80,11 @@ def routing_handlers(client: Client, settings: Settings) -> list[RoutingHandler]
 
 
 def build_worker(
-    client: Client, settings: Settings, engine, handlers: list[RoutingHandler] | None = None
+    client: Client,
+    settings: Settings,
+    engine,
+    handlers: list[RoutingHandler] | None = None,
+    hub: ProviderHub | None = None,
 ) -> Worker:
     router = RouterActivities(
         engine,
@@ -89,7 +94,9 @@ def build_worker(
         statement_timeout_seconds=settings.router_statement_timeout_seconds,
     )
     flows = FlowActivities(engine)
-    delivery = DeliveryActivities(engine, settings)
+    # One hub: every send activity shares the providers' connection pools and their loop.
+    hub = hub or ProviderHub(settings)
+    delivery = DeliveryActivities(engine, settings, hub=hub)
     webhooks = WebhookActivities(settings)
     date_bridge = TemporalBridge(
         client, asyncio.get_running_loop(), settings.task_queue, settings.search_attributes
@@ -97,7 +104,7 @@ def build_worker(
     dates = DateTriggerActivities(engine, FlowRoutingHandler(date_bridge))
     rfm = RfmActivities(engine)
     segment_refresh = SegmentRefreshActivities(engine)
-    campaigns = CampaignActivities(engine, settings)
+    campaigns = CampaignActivities(engine, settings, hub=hub)
     return Worker(
         client,
         task_queue=settings.task_queue,
@@ -153,7 +160,8 @@ async def ensure_router(
 async def run_worker(settings: Settings) -> None:
     client = await connect(settings, runtime=metrics_runtime(settings), attempts=30)
     engine = make_engine(settings.resolved_database_url)
-    worker = build_worker(client, settings, engine)
+    hub = ProviderHub(settings)
+    worker = build_worker(client, settings, engine, hub=hub)
     await ensure_router(client, settings)
     await ensure_date_trigger_schedule(client, settings)
     await ensure_rfm_schedule(client, settings)
@@ -178,6 +186,7 @@ async def run_worker(settings: Settings) -> None:
                 waited_seconds=grace + CANCELLED_ACTIVITY_WAIT_SECONDS,
             )
             _exit_now(0)
+    hub.close()
     engine.dispose()
     log.info("worker stopped")
 

@@ -9,6 +9,12 @@ and one update linking them. The policy is the deliver activity's: both call
 herald/delivery/policy.py `decide`, this one with facts from the page query. Wave planning is
 pure and lives in herald/campaigns/waves.py.
 
+With an external provider (SMTP, Twilio, ...) the page's sends are claimed (`sending`) in that
+transaction and returned; the activity sends them after commit, concurrently within the
+provider's limits, and records the answers in a second transaction
+(herald/delivery/send_path.py). A claim a dead attempt left `sending` is, on the retry, sent
+again or marked `unknown` as the channel's guarantee says (herald/delivery/guarantees.py).
+
 Exactly once: every row's idempotency key is `campaign:<campaign>:<message>:<profile>` (unique
 in `delivery`). A page holds its message's row lock (PostgreSQL; SQLite's BEGIN IMMEDIATE
 serialises all writers), so attempts at the same message never interleave; the page query sees
@@ -35,7 +41,6 @@ import structlog
 from sqlalchemy import (
     String,
     and_,
-    bindparam,
     cast,
     false,
     func,
@@ -48,7 +53,7 @@ from sqlalchemy import (
 from sqlmodel import Session
 from temporalio.exceptions import ApplicationError
 
-from activities.delivery import SUBJECT_MAX
+from activities.delivery import COUNTS_AS_SENT
 from herald.campaigns.audience import (
     conversions,
     converted_since,
@@ -66,12 +71,8 @@ from herald.campaigns.transitions import MESSAGE_FROM
 from herald.campaigns.waves import campaign_zone, effective_zone, idempotency_key
 from herald.core.ids import new_id
 from herald.core.sql import insert_ignoring_conflicts
-from herald.delivery.channels import (
-    ChannelProvider,
-    OutboxProvider,
-    OutgoingMessage,
-    ProviderRejected,
-)
+from herald.delivery.channels import OutboxProvider
+from herald.delivery.guarantees import guarantee_for
 from herald.delivery.policy import (
     DAY,
     QUIET_HOURS_CHANNELS,
@@ -86,12 +87,16 @@ from herald.delivery.policy import (
     recently_messaged,
     smart_sending_window,
 )
-from herald.delivery.templates import TemplateError, render, template_variables
+from herald.delivery.provider_hub import AnyProvider
+from herald.delivery.providers.base import OutgoingMessage
+from herald.delivery.rendering import render_content
+from herald.delivery.sms_segments import SEGMENTED_CHANNELS, sms_segments
+from herald.delivery.templates import TemplateError, template_variables
 from herald.profiles.consent import address_for
 from models.account import Account
 from models.campaigns import Campaign, CampaignExit, CampaignMessage
 from models.delivery import Delivery, OutboxMessage
-from models.enums import CampaignStatus, ConsentStatus, DeliveryStatus, MessageStatus
+from models.enums import CampaignStatus, ConsentStatus, DeliveryStatus, Guarantee, MessageStatus
 from models.profile import Consent, Profile
 
 log = structlog.get_logger("herald.campaigns")
@@ -112,6 +117,7 @@ class _Page:
     def __init__(self) -> None:
         self.sent = 0
         self.failed = 0
+        self.unknown = 0
         self.skipped: Counter[str] = Counter()
 
     def count(self, status: str, reason: str | None) -> None:
@@ -119,6 +125,8 @@ class _Page:
             self.sent += 1
         elif status == DeliveryStatus.failed:
             self.failed += 1
+        elif status == DeliveryStatus.unknown:
+            self.unknown += 1
         else:
             self.skipped[str(reason)] += 1
 
@@ -171,9 +179,11 @@ class PageSender:
         req: PageRequest,
         message: MessageSnapshot,
         condition,
-        provider: ChannelProvider,
+        provider: AnyProvider,
         wanted: int,
-    ) -> PageResult:
+    ) -> tuple[PageResult, list[OutgoingMessage]]:
+        """The page's outcome so far, and the messages claimed for an external provider, which
+        the caller sends after this transaction commits (herald/delivery/send_path.py)."""
         settings, now, channel = req.settings, req.now, message.channel
         campaign_id = settings.campaign_id
         campaign = session.execute(
@@ -181,7 +191,7 @@ class PageSender:
         ).first()
         if campaign is None or campaign.status == CampaignStatus.cancelled:
             # Deleted or cancelled while this page waited: send nothing more.
-            return PageResult(recipients=0, sent=0, done=True)
+            return PageResult(recipients=0, sent=0, done=True), []
         # Serialises attempts at this message's pages (a retry waits for a zombie attempt to
         # finish, then sees its rows); SQLite's BEGIN IMMEDIATE already does.
         session.execute(select(_message.c.id).where(_message.c.id == message.id).with_for_update())
@@ -195,9 +205,19 @@ class PageSender:
         candidates: list[Any] = []
         new_exits: list[str] = []
         deliveries: list[dict[str, Any]] = []
+        unknown: list[str] = []
+        resend = guarantee_for(account.delivery_guarantees, channel, False)
 
         facts = _PageFacts(message, account, fallback, now)
         for row in rows:
+            if row.prior_status == DeliveryStatus.sending:
+                # An earlier attempt claimed it and died before recording the provider's answer.
+                if resend is Guarantee.at_least_once:
+                    candidates.append(row)
+                else:
+                    unknown.append(row.prior_id)
+                    page.count(DeliveryStatus.unknown, None)
+                continue
             if row.prior_status is not None:
                 # This page's earlier attempt recorded it: report that outcome, send nothing.
                 page.count(row.prior_status, row.prior_reason)
@@ -215,14 +235,21 @@ class PageSender:
         if new_exits and campaign.started_at is not None:
             self._record_exits(session, campaign_id, req, campaign.started_at, new_exits)
 
+        if unknown:
+            log.warning("delivery outcomes unknown", campaign=campaign_id, count=len(unknown))
+            session.execute(
+                update(_delivery)
+                .where(_delivery.c.id.in_(unknown), _delivery.c.status == DeliveryStatus.sending)
+                .values(status=DeliveryStatus.unknown)
+            )
+        external = not isinstance(provider, OutboxProvider)
         outgoing: list[tuple[dict[str, Any], str]] = []  # (delivery row, body)
         context = {"campaign": {"id": campaign_id, "name": settings.name}}
         content = message.content
         for row in candidates:
             variables = template_variables(row._mapping, context)
             try:
-                subject = render(content.subject, variables) if content.subject else None
-                body = render(content.body, variables)
+                rendered = render_content(content, variables)
             except TemplateError as exc:
                 log.warning("template error", campaign=campaign_id, error=str(exc))
                 deliveries.append(
@@ -231,29 +258,36 @@ class PageSender:
                     )
                 )
                 continue
-            if subject is not None:
-                subject = " ".join(subject.split())[:SUBJECT_MAX]
             address = address_for(row, channel)
-            sent = self._row(req, message, row.id, DeliveryStatus.sent, None, now)
+            status = DeliveryStatus.sending if external else DeliveryStatus.sent
+            sent = self._row(req, message, row.id, status, None, now)
             sent.update(
                 provider=provider.name,
                 to_address=address[0] if isinstance(address, list) else address,
-                subject=subject,
+                push_tokens=tuple(address) if isinstance(address, list) else (),
+                subject=rendered.subject,
                 sent_at=now,
+                rendered=rendered,
             )
+            if channel in SEGMENTED_CHANNELS:
+                sent["segments"] = sms_segments(rendered.body).segments
+            if row.prior_id is not None:  # resent under the dead attempt's claim
+                sent.update(id=row.prior_id, resend=True)
             deliveries.append(sent)
-            outgoing.append((sent, body))
+            outgoing.append((sent, rendered.body))
 
-        sent_now = self._record(session, req, message, provider, deliveries, outgoing, page)
-        self._mark_sending(session, campaign_id, message.id, now, sent_now)
-        return PageResult(
+        pending = self._record(session, req, message, provider, deliveries, outgoing, page)
+        self._mark_sending(session, campaign_id, message.id, now, len(outgoing))
+        result = PageResult(
             recipients=len(rows),
             sent=page.sent,
             skipped=dict(page.skipped),
             failed=page.failed,
+            unknown=page.unknown,
             last_profile_id=rows[-1].id if rows else None,
             done=len(rows) < wanted,
         )
+        return result, pending
 
     def _page_query(
         self,
@@ -291,6 +325,7 @@ class PageSender:
                 _profile.c.timezone,
                 _profile.c.properties,
                 _consent.c.status.label("consent"),
+                prior.c.id.label("prior_id"),
                 prior.c.status.label("prior_status"),
                 prior.c.reason.label("prior_reason"),
                 exited.label("exited"),
@@ -330,7 +365,8 @@ class PageSender:
             return and_(
                 _delivery.c.profile_id == _profile.c.id,
                 _delivery.c.channel == channel,
-                _delivery.c.status == DeliveryStatus.sent,
+                _delivery.c.status.in_(COUNTS_AS_SENT),
+                _delivery.c.test.is_(False),
                 _delivery.c.sent_at > since,
             )
 
@@ -414,6 +450,8 @@ class PageSender:
             "subject": None,
             "created_at": now,
             "sent_at": None,
+            "segments": None,
+            "test": False,
         }
 
     def _record(
@@ -421,60 +459,77 @@ class PageSender:
         session: Session,
         req: PageRequest,
         message: MessageSnapshot,
-        provider: ChannelProvider,
+        provider: AnyProvider,
         deliveries: list[dict[str, Any]],
         outgoing: list[tuple[dict[str, Any], str]],
         page: _Page,
-    ) -> int:
-        """Inserts the page's delivery rows, then hands the sent ones to the provider.
+    ) -> list[OutgoingMessage]:
+        """Inserts the page's delivery rows; the outbox also gets its messages now, an external
+        provider's are returned claimed (`sending`) for the caller to send after commit.
 
         The page holds its message's row lock (PostgreSQL) or the database's write lock
         (SQLite), so no other attempt inserts these keys meanwhile and the page query saw every
         earlier one: every row here is new. Should a key be taken all the same, the page rolls
         back before anything is sent and Temporal retries it; the retry reports the recorded
-        outcome. Returns how many messages this attempt sent.
+        outcome.
         """
-        if not deliveries:
-            return 0
-        # One multi-row statement; no RETURNING (it costs 2-3x on both backends).
-        inserted = session.execute(
-            insert_ignoring_conflicts(session, _delivery), deliveries
-        ).rowcount
-        if inserted is None or inserted < 0:  # PostgreSQL reports no count for executemany
+        new_rows = [_columns(row) for row in deliveries if not row.get("resend")]
+        if new_rows:
+            # One multi-row statement; no RETURNING (it costs 2-3x on both backends).
             inserted = session.execute(
-                select(func.count())
-                .select_from(_delivery)
-                .where(_delivery.c.id.in_([row["id"] for row in deliveries]))
-            ).scalar_one()
-        if inserted != len(deliveries):
-            raise ApplicationError(
-                f"{len(deliveries) - inserted} of this page's delivery keys were taken by a"
-                " concurrent attempt; retrying reports their outcome",
-                type="ConcurrentPage",
+                insert_ignoring_conflicts(session, _delivery), new_rows
+            ).rowcount
+            if inserted is None or inserted < 0:  # PostgreSQL reports no count for executemany
+                inserted = session.execute(
+                    select(func.count())
+                    .select_from(_delivery)
+                    .where(_delivery.c.id.in_([row["id"] for row in new_rows]))
+                ).scalar_one()
+            if inserted != len(new_rows):
+                raise ApplicationError(
+                    f"{len(new_rows) - inserted} of this page's delivery keys were taken by a"
+                    " concurrent attempt; retrying reports their outcome",
+                    type="ConcurrentPage",
+                )
+        resent = [row["id"] for row in deliveries if row.get("resend")]
+        if resent:
+            session.execute(
+                update(_delivery)
+                .where(_delivery.c.id.in_(resent))
+                .values(sent_at=req.now, provider=provider.name)
             )
         if isinstance(provider, OutboxProvider):
-            if outgoing:
-                session.execute(
-                    insert(_outbox),
-                    [self._outbox_row(req, message, row, body) for row, body in outgoing],
-                )
-                # The outbox row's id is the provider's message id, as the deliver activity
-                # records it: one set-based update over the page's sent rows.
-                outbox_id = (
-                    select(_outbox.c.id)
-                    .where(_outbox.c.delivery_id == _delivery.c.id)
-                    .scalar_subquery()
-                )
-                session.execute(
-                    update(_delivery)
-                    .where(_delivery.c.id.in_([row["id"] for row, _ in outgoing]))
-                    .values(provider_message_id=cast(outbox_id, String))
-                )
-        else:
-            self._send_each(session, req, message, provider, outgoing)
+            self._to_outbox(session, req, message, outgoing)
+            for row in deliveries:
+                page.count(row["status"], row["reason"])
+            return []
         for row in deliveries:
-            page.count(row["status"], row["reason"])
-        return sum(row["status"] == DeliveryStatus.sent for row in deliveries)
+            if row["status"] != DeliveryStatus.sending:
+                page.count(row["status"], row["reason"])
+        return [self._message(req, message, row, body) for row, body in outgoing]
+
+    def _to_outbox(
+        self,
+        session: Session,
+        req: PageRequest,
+        message: MessageSnapshot,
+        outgoing: list[tuple[dict[str, Any], str]],
+    ) -> None:
+        if not outgoing:
+            return
+        session.execute(
+            insert(_outbox), [self._outbox_row(req, message, row, body) for row, body in outgoing]
+        )
+        # The outbox row's id is the provider's message id, as the deliver activity records it:
+        # one set-based update over the page's sent rows (a resent claim becomes sent too).
+        outbox_id = (
+            select(_outbox.c.id).where(_outbox.c.delivery_id == _delivery.c.id).scalar_subquery()
+        )
+        session.execute(
+            update(_delivery)
+            .where(_delivery.c.id.in_([row["id"] for row, _ in outgoing]))
+            .values(provider_message_id=cast(outbox_id, String), status=DeliveryStatus.sent)
+        )
 
     @staticmethod
     def _outbox_row(
@@ -487,76 +542,30 @@ class PageSender:
             "to_address": row["to_address"],
             "subject": row["subject"],
             "body": body,
-            "tracking": {
-                "$delivery_id": row["id"],
-                "run_kind": "campaign",
-                "run_id": req.settings.campaign_id,
-                "step_id": message.id,
-            },
+            "tracking": _tracking(req, message, row),
             "created_at": row["created_at"],
         }
 
-    def _send_each(
-        self,
-        session: Session,
-        req: PageRequest,
-        message: MessageSnapshot,
-        provider: ChannelProvider,
-        outgoing: list[tuple[dict[str, Any], str]],
-    ) -> None:
-        """An external provider (SMTP): one call per message, inside the page's transaction.
-
-        ProviderUnavailable propagates: the page rolls back and Temporal retries it, so keep
-        such pages small (the same at-least-once window as the deliver activity, per page).
-        """
-        updates = []
-        for row, body in outgoing:
-            outgoing_message = OutgoingMessage(
-                delivery_id=row["id"],
-                idempotency_key=row["idempotency_key"],
-                profile_id=row["profile_id"],
-                channel=message.channel,
-                to_address=row["to_address"],
-                subject=row["subject"],
-                body=body,
-                sender=message.content.sender,
-                tracking={
-                    "$delivery_id": row["id"],
-                    "run_kind": "campaign",
-                    "run_id": req.settings.campaign_id,
-                    "step_id": message.id,
-                },
-            )
-            try:
-                row["provider_message_id"] = provider.send(session, outgoing_message)
-            except ProviderRejected as exc:
-                log.warning("provider rejected", key=row["idempotency_key"], error=str(exc))
-                row.update(
-                    status=DeliveryStatus.failed,
-                    reason=FailReason.provider_rejected.value,
-                    sent_at=None,
-                )
-            updates.append(
-                {
-                    "b_id": row["id"],
-                    "b_status": row["status"],
-                    "b_reason": row["reason"],
-                    "b_pmid": row["provider_message_id"],
-                    "b_sent_at": row["sent_at"],
-                }
-            )
-        if updates:
-            session.execute(
-                update(_delivery)
-                .where(_delivery.c.id == bindparam("b_id"))
-                .values(
-                    status=bindparam("b_status"),
-                    reason=bindparam("b_reason"),
-                    provider_message_id=bindparam("b_pmid"),
-                    sent_at=bindparam("b_sent_at", type_=_delivery.c.sent_at.type),
-                ),
-                updates,
-            )
+    @staticmethod
+    def _message(
+        req: PageRequest, message: MessageSnapshot, row: dict[str, Any], body: str
+    ) -> OutgoingMessage:
+        return OutgoingMessage(
+            delivery_id=row["id"],
+            idempotency_key=row["idempotency_key"],
+            profile_id=row["profile_id"],
+            channel=message.channel,
+            to_address=row["to_address"],
+            subject=row["subject"],
+            body=body,
+            text=row["rendered"].text,
+            sender=message.content.sender,
+            sender_name=message.content.sender_name,
+            reply_to=message.content.reply_to,
+            template=row["rendered"].template,
+            push_tokens=row["push_tokens"],
+            tracking=_tracking(req, message, row),
+        )
 
     @staticmethod
     def _mark_sending(
@@ -584,4 +593,18 @@ class PageSender:
             .values(status=MessageStatus.sending)
         )
 
-    # ---- closing ----
+
+_NOT_COLUMNS = ("push_tokens", "resend", "rendered")
+
+
+def _columns(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in _NOT_COLUMNS}
+
+
+def _tracking(req: PageRequest, message: MessageSnapshot, row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "$delivery_id": row["id"],
+        "run_kind": "campaign",
+        "run_id": req.settings.campaign_id,
+        "step_id": message.id,
+    }

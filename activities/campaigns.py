@@ -42,10 +42,10 @@ from herald.campaigns.waves import campaign_zone, effective_zone, plan_waves
 from herald.core.clock import activity_now
 from herald.core.config import Settings
 from herald.core.db import session_scope
-from herald.delivery.channels import (
-    ChannelProvider,
-    providers_for,
-)
+from herald.delivery.pace import send_paced
+from herald.delivery.provider_hub import AnyProvider, ProviderHub
+from herald.delivery.providers.base import Provider
+from herald.delivery.send_path import record
 from herald.segments.membership import segment_clauses
 from models.campaigns import Campaign, CampaignMessage
 from models.enums import CampaignStatus, MessageStatus
@@ -80,6 +80,22 @@ def _audience(
         raise ApplicationError(str(exc), type="InvalidCampaign", non_retryable=True) from exc
 
 
+# A page's provider calls end well inside the activity's 30 s start-to-close timeout.
+PAGE_SEND_SECONDS = 20.0
+
+
+def page_size_for(req: PageRequest, provider: AnyProvider) -> int:
+    """How many recipients this page takes: the wave's remainder, and for a provider with a
+    published rate no more than it sends in PAGE_SEND_SECONDS (a long-code SMS number sends
+    about one message a second, so its pages are small and the workflow simply takes more)."""
+    wanted = req.page_size
+    if req.wave.limit is not None:
+        wanted = min(wanted, req.wave.limit - req.sent_in_wave)
+    if isinstance(provider, Provider) and provider.limits.per_second:
+        wanted = min(wanted, max(1, int(provider.limits.per_second * PAGE_SEND_SECONDS * 0.75)))
+    return wanted
+
+
 class CampaignActivities(CampaignActivitiesContract):
     """The campaign sending activities; the worker wires the engine, settings and providers."""
 
@@ -88,11 +104,12 @@ class CampaignActivities(CampaignActivitiesContract):
         engine: Engine,
         settings: Settings,
         *,
-        providers: Mapping[str, ChannelProvider] | None = None,
+        providers: Mapping[str, AnyProvider] | None = None,
+        hub: ProviderHub | None = None,
     ):
         self.engine = engine
         self.settings = settings
-        self.providers = dict(providers) if providers is not None else providers_for(settings)
+        self.hub = hub or ProviderHub(settings, fixed=providers)
 
     # ---- audience and plan ----
 
@@ -145,20 +162,25 @@ class CampaignActivities(CampaignActivitiesContract):
         """Sends the next page of a wave; see the module docstring for the guarantees."""
         message = _find_message(req.path, req.message_id)
         condition = _audience(self.engine, req.settings, req.path, req.all_paths)
-        provider = self.providers.get(message.channel)
-        if provider is None:
-            raise ApplicationError(
-                f"no provider is configured for channel {message.channel!r}",
-                type="InvalidCampaign",
-                non_retryable=True,
-            )
-        wanted = req.page_size
-        if req.wave.limit is not None:
-            wanted = min(wanted, req.wave.limit - req.sent_in_wave)
-        if wanted <= 0:
-            return PageResult(recipients=0, sent=0, done=True)
         with session_scope(self.engine) as session:
-            return PageSender().send(session, req, message, condition, provider, wanted)
+            provider = self.hub.provider(session, message.channel)
+            wanted = page_size_for(req, provider)
+            if wanted <= 0:
+                return PageResult(recipients=0, sent=0, done=True)
+            result, pending = PageSender().send(session, req, message, condition, provider, wanted)
+        if not pending:
+            return result
+        # The claims are committed: the provider is called with no transaction open.
+        assert isinstance(provider, Provider)
+        outcomes = send_paced(
+            self.engine, self.hub, provider, message.channel, pending, PAGE_SEND_SECONDS
+        )
+        with session_scope(self.engine) as session:
+            recorded = record(session, message.channel, pending, outcomes, req.now)
+        recorded.raise_for_retry()
+        return result.model_copy(
+            update={"sent": result.sent + recorded.sent, "failed": result.failed + recorded.failed}
+        )
 
     @activity.defn(name="finish_campaign")
     def finish_campaign(self, req: FinishRequest) -> None:

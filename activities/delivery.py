@@ -1,9 +1,12 @@
-"""The `deliver` activity: one message to one profile, for flows and campaigns alike.
+"""The `deliver` activity: one message to one profile, for flows and test sends.
 
-Everything is decided at send time, in one transaction with the delivery row: whether the run
-was exited, channel, address, consent, filters, segment, smart sending, caps and quiet hours.
-The row's unique idempotency key makes every retry of a (run, step, profile) return the first
-attempt's outcome, so a message is sent at most once.
+Everything is decided at send time, in one transaction that also claims the delivery row:
+whether the run was exited, channel, address, consent, filters, segment, smart sending, caps and
+quiet hours (herald/delivery/policy.py `decide`, the same as the campaign page sender's). The
+provider is then called with no transaction open and its answer recorded after
+(herald/delivery/send_path.py). The row's unique idempotency key makes every retry of a (run,
+step, profile) return the first attempt's outcome; a claim a dead attempt left `sending` is
+resolved by the channel's guarantee (herald/delivery/guarantees.py).
 """
 
 from collections.abc import Callable, Mapping
@@ -24,13 +27,10 @@ from herald.core.clock import activity_now
 from herald.core.config import Settings
 from herald.core.db import session_scope
 from herald.core.ids import new_id
-from herald.delivery.channels import (
-    ChannelProvider,
-    OutgoingMessage,
-    ProviderRejected,
-    providers_for,
-)
+from herald.delivery.channels import OutboxProvider
 from herald.delivery.contract import DeliveryActivitiesContract
+from herald.delivery.guarantees import guarantee_for
+from herald.delivery.pace import send_paced
 from herald.delivery.policy import (
     DAY,
     QUIET_HOURS_CHANNELS,
@@ -45,7 +45,12 @@ from herald.delivery.policy import (
     smart_sending_window,
     zone_or,
 )
-from herald.delivery.templates import TemplateError, render, template_variables
+from herald.delivery.provider_hub import AnyProvider, ProviderHub
+from herald.delivery.providers.base import OutgoingMessage, Provider, ProviderRejected
+from herald.delivery.rendering import render_content
+from herald.delivery.send_path import PROVIDER_UNAVAILABLE, record
+from herald.delivery.sms_segments import SEGMENTED_CHANNELS, sms_segments
+from herald.delivery.templates import TemplateError, template_variables
 from herald.flows.conditions import ConditionUnavailable, profile_matches
 from herald.profiles.consent import address_for
 from herald.segments.membership import is_member
@@ -53,13 +58,18 @@ from models.account import Account
 from models.campaigns import Campaign
 from models.delivery import Delivery
 from models.delivery_dto import DeliveryRequest, DeliveryResult
-from models.enums import ConsentStatus, DeliveryStatus, EnrollmentStatus
+from models.enums import ConsentStatus, DeliveryStatus, EnrollmentStatus, Guarantee
 from models.flows import FlowEnrollment
 from models.profile import Consent, Profile
 
 log = structlog.get_logger("herald.delivery")
 
-SUBJECT_MAX = 998  # RFC 5322 line limit, and the column's length
+# One message to one provider: well inside the activity's 30 s start-to-close timeout.
+SEND_TIMEOUT_SECONDS = 25.0
+# Claimed by an attempt that never recorded the answer (herald/delivery/send_path.py).
+IN_FLIGHT = (DeliveryStatus.sending, DeliveryStatus.unknown)
+# Smart sending and caps count what may have reached the recipient, not only what surely did.
+COUNTS_AS_SENT = (DeliveryStatus.sent, DeliveryStatus.sending, DeliveryStatus.unknown)
 
 
 def campaign_exited(session: Session, request: DeliveryRequest) -> bool:
@@ -100,12 +110,13 @@ class DeliveryActivities(DeliveryActivitiesContract):
         engine: Engine,
         settings: Settings,
         *,
-        providers: Mapping[str, ChannelProvider] | None = None,
+        providers: Mapping[str, AnyProvider] | None = None,
+        hub: ProviderHub | None = None,
         clock: Callable[[], datetime] = activity_now,
     ):
         self.engine = engine
         self.settings = settings
-        self.providers = dict(providers) if providers is not None else providers_for(settings)
+        self.hub = hub or ProviderHub(settings, fixed=providers)
         self.clock = clock
 
     @activity.defn(name="deliver")
@@ -121,12 +132,6 @@ class DeliveryActivities(DeliveryActivitiesContract):
                 type="InvalidDeliveryRequest",
                 non_retryable=True,
             )
-        if request.channel not in self.providers:
-            raise ApplicationError(
-                f"no provider is configured for channel {request.channel!r}",
-                type="InvalidDeliveryRequest",
-                non_retryable=True,
-            )
         try:
             return self._deliver(request)
         except ConditionUnavailable as exc:
@@ -139,58 +144,102 @@ class DeliveryActivities(DeliveryActivitiesContract):
                 recorded = recorded_result(session, request.idempotency_key)
             if recorded is None:
                 raise
+            if recorded.status in IN_FLIGHT:
+                raise ApplicationError(
+                    "another attempt is sending this message; asking again for its outcome",
+                    type=PROVIDER_UNAVAILABLE,
+                ) from None
             return recorded
 
     def _deliver(self, request: DeliveryRequest) -> DeliveryResult:
         now = self.clock()
         with session_scope(self.engine) as session:
-            recorded = recorded_result(session, request.idempotency_key)
-            if recorded is not None:
-                return recorded
-            account = session.get(Account, 1) or Account()
-            profile = session.get(Profile, request.profile_id)
+            step = self._claim(session, request, now)
+        if isinstance(step, DeliveryResult):
+            return step
+        # The claim is committed; the provider is called with no transaction open.
+        provider, message = step
+        [outcome] = send_paced(
+            self.engine, self.hub, provider, request.channel, [message], SEND_TIMEOUT_SECONDS
+        )
+        with session_scope(self.engine) as session:
+            recorded = record(session, request.channel, [message], [outcome], now)
+        recorded.raise_for_retry()
+        return DeliveryResult(
+            status=recorded.outcomes[message.delivery_id],
+            reason=outcome.reason if isinstance(outcome, ProviderRejected) else None,
+            delivery_id=message.delivery_id,
+        )
+
+    def _claim(
+        self, session: Session, request: DeliveryRequest, now: datetime
+    ) -> DeliveryResult | tuple[Provider, OutgoingMessage]:
+        """Decides, renders and claims (send path step 1), or answers at once: an outcome
+        recorded earlier, a skip, a hold, a template error, or a message the outbox took in
+        this very transaction."""
+        prior = recorded_row(session, request.idempotency_key)
+        account = session.get(Account, 1) or Account()
+        if prior is not None and prior.status not in IN_FLIGHT:
+            return result_of(prior)
+        profile = session.get(Profile, request.profile_id)
+        if prior is not None:
+            # A dead attempt's claim: the channel's guarantee says resend or leave it unknown.
+            chosen = guarantee_for(
+                account.delivery_guarantees, request.channel, request.transactional
+            )
+            if chosen is Guarantee.at_most_once or profile is None:
+                prior.status = DeliveryStatus.unknown
+                session.add(prior)
+                log.warning("delivery outcome unknown", key=request.idempotency_key)
+                return result_of(prior)
+        else:
             decision = decide(FlowFacts(session, request, account, profile, now), QuietHours.hold)
             if decision.skip is not None:
-                return record(session, request, now, DeliveryStatus.skipped, decision.skip)
+                return record_unsent(session, request, now, DeliveryStatus.skipped, decision.skip)
             if decision.hold_until is not None:
                 # Nothing recorded: the workflow sleeps and asks again with the same key.
                 return DeliveryResult(status=DeliveryStatus.held, hold_until=decision.hold_until)
-            assert profile is not None  # decide() skips a deleted profile
-            return self._send(session, request, profile, now)
+        assert profile is not None  # decide() skips a deleted profile
+        return self._render_and_claim(session, request, profile, prior, now)
 
-    def _send(
-        self, session: Session, request: DeliveryRequest, profile: Profile, now: datetime
-    ) -> DeliveryResult:
+    def _render_and_claim(
+        self,
+        session: Session,
+        request: DeliveryRequest,
+        profile: Profile,
+        prior: Delivery | None,
+        now: datetime,
+    ) -> DeliveryResult | tuple[Provider, OutgoingMessage]:
         variables = template_variables(profile.model_dump(), request.context)
         try:
-            subject = (
-                render(request.content.subject, variables) if request.content.subject else None
-            )
-            body = render(request.content.body, variables)
+            rendered = render_content(request.content, variables)
         except TemplateError as exc:
             log.warning("template error", key=request.idempotency_key, error=str(exc))
-            return record(session, request, now, DeliveryStatus.failed, FailReason.template_error)
-        if subject is not None:
-            # A line break in a subject would start a new mail header.
-            subject = " ".join(subject.split())[:SUBJECT_MAX]
-
-        provider = self.providers[request.channel]
+            if prior is not None:
+                prior.status, prior.reason = DeliveryStatus.failed, FailReason.template_error
+                session.add(prior)
+                return result_of(prior)
+            return record_unsent(
+                session, request, now, DeliveryStatus.failed, FailReason.template_error
+            )
+        provider = self.hub.provider(session, request.channel)
         address = address_for(profile, request.channel)
+        tokens = tuple(address) if isinstance(address, list) else ()
         # Push fans out to every token in the provider; the row names the first.
-        to_address = address[0] if isinstance(address, list) else address
-        assert to_address  # decide() skips a missing address
-        delivery = delivery_row(
-            request,
+        to_address = tokens[0] if tokens else address
+        assert isinstance(to_address, str) and to_address  # decide() skips a missing address
+        delivery = prior or delivery_row(request, now)
+        delivery.status, delivery.provider, delivery.sent_at = (
+            DeliveryStatus.sending,
+            provider.name,
             now,
-            status=DeliveryStatus.sent,
-            provider=provider.name,
-            to_address=to_address,
-            subject=subject,
-            sent_at=now,
         )
+        delivery.to_address, delivery.subject = to_address, rendered.subject
+        if request.channel in SEGMENTED_CHANNELS:
+            delivery.segments = sms_segments(rendered.body).segments
         session.add(delivery)
-        # Claims the idempotency key before anything leaves: a concurrent attempt with the same
-        # key blocks on this row (PostgreSQL) or on the write lock (SQLite) until we finish.
+        # Claims the idempotency key: a concurrent attempt with the same key blocks on this row
+        # (PostgreSQL) or on the write lock (SQLite) and then finds it.
         session.flush()
         message = OutgoingMessage(
             delivery_id=delivery.id,
@@ -198,9 +247,14 @@ class DeliveryActivities(DeliveryActivitiesContract):
             profile_id=profile.id,
             channel=request.channel,
             to_address=to_address,
-            subject=subject,
-            body=body,
+            subject=rendered.subject,
+            body=rendered.body,
+            text=rendered.text,
             sender=request.content.sender,
+            sender_name=request.content.sender_name,
+            reply_to=request.content.reply_to,
+            template=rendered.template,
+            push_tokens=tokens,
             tracking={
                 "$delivery_id": delivery.id,
                 "run_kind": request.run_kind,
@@ -208,25 +262,12 @@ class DeliveryActivities(DeliveryActivitiesContract):
                 "step_id": request.step_id,
             },
         )
-        # The outbox writes its row in this transaction. An external provider (SMTP) is called
-        # while the key is claimed but uncommitted: it commits only once the server accepted the
-        # message, and ProviderUnavailable rolls everything back so Temporal retries. What is
-        # left: a crash between the server's accept and our commit leaves no row, so the retry
-        # sends again. The retry carries the same Message-ID (derived from the idempotency key),
-        # which lets receivers that dedupe on it (Gmail does) drop the second copy; closing the
-        # window entirely would need a provider API that takes an idempotency key. On SQLite the
-        # SMTP exchange holds the database's write lock (bounded by smtp_timeout_seconds); on
-        # PostgreSQL only this key and the enrollment row are locked.
-        try:
+        if isinstance(provider, OutboxProvider):
+            # The embedded outbox "sends" by writing its row in this same transaction.
             delivery.provider_message_id = provider.send(session, message)
-        except ProviderRejected as exc:
-            log.warning("provider rejected", key=request.idempotency_key, error=str(exc))
-            delivery.status, delivery.reason, delivery.sent_at = (
-                DeliveryStatus.failed,
-                FailReason.provider_rejected,
-                None,
-            )
-        return result_of(delivery)
+            delivery.status = DeliveryStatus.sent
+            return result_of(delivery)
+        return provider, message
 
 
 class FlowFacts:
@@ -326,7 +367,8 @@ def last_sent_at(
         select(func.max(Delivery.sent_at)).where(
             Delivery.profile_id == profile_id,
             Delivery.channel == channel,
-            Delivery.status == DeliveryStatus.sent,
+            Delivery.status.in_(COUNTS_AS_SENT),
+            Delivery.test.is_(False),
             Delivery.sent_at > since,
         )
     ).scalar()
@@ -342,21 +384,26 @@ def sends_in_last_day_and_week(
         ).where(
             Delivery.profile_id == profile_id,
             Delivery.channel == channel,
-            Delivery.status == DeliveryStatus.sent,
+            Delivery.status.in_(COUNTS_AS_SENT),
+            Delivery.test.is_(False),
             Delivery.sent_at > now - WEEK,
         )
     ).one()
     return int(day), int(week)
 
 
-def recorded_result(session: Session, idempotency_key: str) -> DeliveryResult | None:
-    row = session.execute(
+def recorded_row(session: Session, idempotency_key: str) -> Delivery | None:
+    return session.execute(
         select(Delivery).where(Delivery.idempotency_key == idempotency_key)
     ).scalar_one_or_none()
+
+
+def recorded_result(session: Session, idempotency_key: str) -> DeliveryResult | None:
+    row = recorded_row(session, idempotency_key)
     return None if row is None else result_of(row)
 
 
-def record(
+def record_unsent(
     session: Session,
     request: DeliveryRequest,
     now: datetime,
@@ -372,6 +419,7 @@ def record(
 
 def delivery_row(request: DeliveryRequest, now: datetime, **fields: Any) -> Delivery:
     """The delivery row of `request`, claiming its idempotency key once added."""
+    fields.setdefault("status", DeliveryStatus.sending)
     return Delivery(
         id=new_id("dl"),
         idempotency_key=request.idempotency_key,
@@ -389,7 +437,7 @@ def delivery_row(request: DeliveryRequest, now: datetime, **fields: Any) -> Deli
 
 def result_of(delivery: Delivery) -> DeliveryResult:
     return DeliveryResult(
-        status=delivery.status,  # type: ignore[arg-type]  # sent | skipped | failed
+        status=delivery.status,  # type: ignore[arg-type]  # sent | skipped | failed | unknown
         reason=delivery.reason,
         delivery_id=delivery.id,
     )

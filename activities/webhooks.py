@@ -34,13 +34,16 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from herald.core.config import Settings
-from herald.delivery.channels import (
+from herald.delivery.contract import WebhookActivitiesContract
+from herald.delivery.provider_settings import smtp_config
+from herald.delivery.providers.base import (
     OutgoingMessage,
+    ProviderMisconfigured,
     ProviderRejected,
     ProviderUnavailable,
-    SmtpProvider,
 )
-from herald.delivery.contract import WebhookActivitiesContract
+from herald.delivery.providers.http_replies import read_at_most, retry_after_seconds
+from herald.delivery.providers.smtp import SmtpProvider
 from herald.delivery.url_safety import UnsafeUrl, check_url
 from herald.flows.steps import StepReason
 from models.enums import Channel
@@ -147,7 +150,7 @@ class WebhookActivities(WebhookActivitiesContract):
                     extensions=target.extensions,
                 ) as response,
             ):
-                body, truncated = await _read_at_most(response, limit)
+                body, truncated = await read_at_most(response, limit)
         except (httpx.RequestError, TimeoutError) as exc:
             error = type(exc).__name__
             log.warning("webhook_failed", error=error, **fields)
@@ -182,50 +185,36 @@ class WebhookActivities(WebhookActivitiesContract):
         )
 
     async def _send_alert_email(self, alert: InternalAlertCall) -> WebhookResult:
-        # The same SMTP client, settings and error classification as message delivery.
-        smtp = SmtpProvider(self.settings)
-        email = smtp.build(
-            OutgoingMessage(
-                delivery_id=alert.idempotency_key,  # an alert has no delivery row
-                idempotency_key=alert.idempotency_key,
-                profile_id="",
-                channel=Channel.email,
-                to_address=alert.to,
-                subject=alert.subject or "Herald alert",
-                body=alert.body,
-            )
+        # The SMTP server of the HERALD_SMTP_* settings, with message delivery's provider and
+        # error classification (staff alerts do not follow the account's email provider).
+        smtp = SmtpProvider(smtp_config(self.settings))
+        message = OutgoingMessage(
+            delivery_id=alert.idempotency_key,  # an alert has no delivery row
+            idempotency_key=alert.idempotency_key,
+            profile_id="",
+            channel=Channel.email,
+            to_address=alert.to,
+            subject=alert.subject or "Herald alert",
+            body=alert.body,
         )
         fields = {"workflow_id": alert.workflow_id, "step_id": alert.step_id}
         try:
-            await smtp.submit(email)
+            await smtp.send(message)
         except ProviderRejected as exc:
             log.warning("internal_alert_rejected", error=str(exc), **fields)
             return WebhookResult(status="skipped", reason=StepReason.smtp_rejected, detail=str(exc))
-        except ProviderUnavailable as exc:
+        except (ProviderUnavailable, ProviderMisconfigured) as exc:
             log.warning("internal_alert_failed", error=str(exc), **fields)
             raise ApplicationError(f"SMTP failed: {exc}", type=TRANSIENT_ERROR_TYPE) from exc
+        finally:
+            await smtp.aclose()
         log.info("internal_alert_sent", **fields)
         return WebhookResult(status="delivered")
 
 
-async def _read_at_most(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
-    """Reads the body until it ends or reaches limit bytes; True when it stopped at the limit."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_raw():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= limit:
-            # Leaving the stream context closes the connection: the rest is never read.
-            return b"".join(chunks)[:limit], True
-    return b"".join(chunks), False
-
-
 def _retry_after(value: str | None) -> timedelta | None:
-    """Honours `Retry-After: <seconds>`; the HTTP-date form falls back to the retry policy."""
-    if value is None or not value.strip().isdigit():
-        return None
-    seconds = int(value.strip())
-    if seconds <= 0:
+    """Honours `Retry-After` (seconds or an HTTP date), capped; none or 0: the retry policy."""
+    seconds = retry_after_seconds(value)
+    if not seconds:
         return None
     return min(timedelta(seconds=seconds), _MAX_RETRY_AFTER)

@@ -11,6 +11,7 @@ from models.events import Event, Metric, ProfileMetricStat
 from models.flows import EnrollmentStep, Flow, FlowEnrollment, FlowVersion, ReviewItem
 from models.lists import ListMembership, ProfileList
 from models.profile import Consent, ConsentChange, Profile
+from models.providers import ChannelProviderSetting, ProviderPace
 from models.routing import RoutingOutbox
 from models.segments import DeliveryEngagement, RfmRun, RfmScore, Segment, SegmentMembership
 
@@ -21,6 +22,7 @@ __all__ = [
     "CampaignExit",
     "CampaignMessage",
     "CampaignPath",
+    "ChannelProviderSetting",
     "Consent",
     "ConsentChange",
     "Delivery",
@@ -36,6 +38,7 @@ __all__ = [
     "Profile",
     "ProfileList",
     "ProfileMetricStat",
+    "ProviderPace",
     "ReviewItem",
     "RfmRun",
     "RfmScore",

@@ -2,6 +2,7 @@
 
 from datetime import datetime
 
+from sqlalchemy import text
 from sqlmodel import Column, Field, SQLModel
 
 from models.types import JSONType, UTCDateTime, utcnow
@@ -28,5 +29,11 @@ class Account(SQLModel, table=True):
     # {"email": {"per_day": 3, "per_week": 10}}: empty means no caps.
     frequency_caps: dict[str, dict[str, int]] = Field(
         default_factory=dict, sa_column=Column(JSONType, nullable=False)
+    )
+    # {"email": {"marketing": "at_least_once"}}: overrides of the defaults (marketing at most
+    # once, transactional at least once) for a delivery a worker died in the middle of.
+    delivery_guarantees: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        sa_column=Column(JSONType, nullable=False, server_default=text("'{}'")),
     )
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

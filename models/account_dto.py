@@ -5,7 +5,7 @@ import re
 from pydantic import BaseModel, Field, StrictInt, field_validator, model_validator
 
 from herald.profiles.normalize import normalize_timezone
-from models.enums import Channel
+from models.enums import Channel, Guarantee
 from models.types import reject_unstorable
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
@@ -17,6 +17,17 @@ class FrequencyCap(BaseModel):
     per_week: StrictInt | None = Field(default=None, ge=1, le=500)
 
 
+class ChannelGuarantees(BaseModel):
+    """What a retry does with a message a dead worker may or may not have sent
+    (herald/delivery/guarantees.py): defaults at_most_once for marketing, at_least_once for
+    transactional."""
+
+    model_config = {"extra": "forbid"}
+
+    marketing: Guarantee | None = None
+    transactional: Guarantee | None = None
+
+
 class AccountSettings(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     timezone: str
@@ -25,6 +36,7 @@ class AccountSettings(BaseModel):
     quiet_hours_start: str
     quiet_hours_end: str
     frequency_caps: dict[Channel, FrequencyCap]
+    delivery_guarantees: dict[Channel, ChannelGuarantees]
 
 
 class AccountUpdate(BaseModel):
@@ -35,6 +47,7 @@ class AccountUpdate(BaseModel):
     quiet_hours_start: str | None = None
     quiet_hours_end: str | None = None
     frequency_caps: dict[Channel, FrequencyCap] | None = None
+    delivery_guarantees: dict[Channel, ChannelGuarantees] | None = None
 
     _storable = model_validator(mode="before")(classmethod(reject_unstorable))
 

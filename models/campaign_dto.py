@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from herald.flows.graph import WhatsAppTemplate
 from herald.ingest.catalogue import is_builtin
 from herald.profiles.normalize import normalize_timezone
 from models.enums import CampaignStatus, Channel, MessageStatus
@@ -157,6 +158,10 @@ class MessageContentIn(_In):
     subject: str | None = Field(default=None, max_length=998)
     body: str = Field(default="", max_length=100_000)
     sender: str | None = Field(default=None, max_length=320)
+    text: str | None = Field(default=None, max_length=100_000)
+    sender_name: str | None = Field(default=None, max_length=200)
+    reply_to: str | None = Field(default=None, max_length=320)
+    whatsapp_template: WhatsAppTemplate | None = None
 
 
 class MessageContentUpdate(_In):
@@ -165,6 +170,10 @@ class MessageContentUpdate(_In):
     subject: str | None = Field(default=None, max_length=998)
     body: str | None = Field(default=None, max_length=100_000)
     sender: str | None = Field(default=None, max_length=320)
+    text: str | None = Field(default=None, max_length=100_000)
+    sender_name: str | None = Field(default=None, max_length=200)
+    reply_to: str | None = Field(default=None, max_length=320)
+    whatsapp_template: WhatsAppTemplate | None = None
 
 
 class MessageSchedule(_In):
@@ -232,6 +241,10 @@ class MessageContentPublic(BaseModel):
     subject: str | None = None
     body: str = ""
     sender: str | None = None
+    text: str | None = None
+    sender_name: str | None = None
+    reply_to: str | None = None
+    whatsapp_template: WhatsAppTemplate | None = None
 
 
 class MessagePublic(BaseModel):
@@ -278,6 +291,8 @@ class ReviewProblem(BaseModel):
 class MessageReview(BaseModel):
     message_id: str
     path_id: str
+    # SMS: segments the body costs without profile data (GSM-7 160/153, UCS-2 70/67).
+    sms_segments: int | None = None
     errors: list[ReviewProblem] = Field(default_factory=list)
     warnings: list[ReviewProblem] = Field(default_factory=list)
 
@@ -302,6 +317,8 @@ class DeliveryCounts(BaseModel):
     sent: int = 0
     skipped: dict[str, int] = Field(default_factory=dict)  # by reason
     failed: int = 0
+    sending: int = 0  # handed to the provider, answer not yet recorded
+    unknown: int = 0  # a worker died mid-send; see GET /v1/deliveries?status=unknown
 
 
 class MessageReport(DeliveryCounts):

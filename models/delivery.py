@@ -30,7 +30,7 @@ class Delivery(SQLModel, table=True):
     workflow_id: str | None = Field(default=None, max_length=255)
     profile_id: str = Field(max_length=40)
     channel: str = Field(sa_type=String(16))
-    # sent | skipped | failed (DeliveryStatus)
+    # sent | skipped | failed | sending | unknown (DeliveryStatus)
     status: str = Field(sa_type=String(16))
     reason: str | None = Field(default=None, max_length=60)
     transactional: bool = Field(default=False)
@@ -40,6 +40,10 @@ class Delivery(SQLModel, table=True):
     subject: str | None = Field(default=None, max_length=998)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # SMS and WhatsApp: message segments (GSM-7 160/153, UCS-2 70/67), as billed.
+    segments: int | None = Field(default=None)
+    # A test send: marked, and counted by no report, smart sending, cap or exit.
+    test: bool = Field(default=False)
 
 
 class OutboxMessage(SQLModel, table=True):

@@ -78,3 +78,15 @@ class DeliveryStatus(StrEnum):
     skipped = "skipped"
     failed = "failed"
     held = "held"  # inside quiet hours: nothing recorded, asked again at hold_until
+    # Claimed (committed) and handed to the provider; the answer is recorded next.
+    sending = "sending"
+    # A later attempt found it still `sending`: the provider may or may not have it. Resolved
+    # by the channel's delivery guarantee (herald/delivery/guarantees.py), never silently.
+    unknown = "unknown"
+
+
+class Guarantee(StrEnum):
+    """What a retry does with a delivery whose fate is unknown (worker died mid-send)."""
+
+    at_least_once = "at_least_once"  # send again (same Message-ID / idempotency key)
+    at_most_once = "at_most_once"  # leave it `unknown`, listed for the operator

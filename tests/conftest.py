@@ -189,6 +189,7 @@ def running_api(database: Database, keys: Keys) -> Iterator[RunningApi]:
         shopify_webhook_secret=SHOPIFY_SECRET,
         temporal_address=f"127.0.0.1:{free_port()}",  # nothing listens: readyz reports it
         api_key_cache_seconds=0,
+        secret_key="tests-secret-key",  # provider credentials are encrypted with it
     )
     app = create_app(settings, engine=database.engine)
     with serve(app) as base_url:

@@ -34,6 +34,7 @@ def test_get_returns_every_setting(api, account):
         "quiet_hours_start",
         "quiet_hours_end",
         "frequency_caps",
+        "delivery_guarantees",
     }
     assert set(body["smart_sending_hours"]) == {"email", "sms", "whatsapp", "push"}
     assert set(body["enabled_channels"]) <= {"email", "sms", "whatsapp", "push"}
@@ -135,3 +136,18 @@ def test_account_needs_a_private_key(anonymous, ingest, db, account):
     assert ingest.get("/v1/account").status_code == 403
     assert ingest.patch("/v1/account", json={"timezone": "Asia/Tokyo"}).status_code == 403
     assert stored(db) == before
+
+
+def test_delivery_guarantees_override_the_defaults_per_channel(api, account):
+    response = api.patch(
+        "/v1/account", json={"delivery_guarantees": {"email": {"marketing": "at_least_once"}}}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["delivery_guarantees"] == {
+        "email": {"marketing": "at_least_once", "transactional": None}
+    }
+    bad = api.patch("/v1/account", json={"delivery_guarantees": {"sms": {"marketing": "twice"}}})
+    assert bad.status_code == 422
+    assert bad.json()["errors"][0]["field"] == "delivery_guarantees.sms.marketing"
+    cleared = api.patch("/v1/account", json={"delivery_guarantees": {"email": {}}})
+    assert cleared.json()["delivery_guarantees"] == {}

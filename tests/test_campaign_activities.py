@@ -28,7 +28,12 @@ from herald.campaigns.waves import plan_waves
 from herald.core.config import Settings
 from herald.core.db import session_scope
 from herald.core.ids import new_id
-from herald.delivery.channels import OutgoingMessage, ProviderRejected
+from herald.delivery.providers.base import (
+    OutgoingMessage,
+    Provider,
+    ProviderRejected,
+    SendReceipt,
+)
 from herald.flows.graph import MessageContent
 from models.account import Account
 from models.campaigns import Campaign, CampaignExit, CampaignMessage, CampaignPath
@@ -590,7 +595,7 @@ def test_a_cancelled_campaign_sends_no_more_pages(db, acts):
     assert db.scalar("SELECT count(*) FROM delivery") == 0
 
 
-class RecordingProvider:
+class RecordingProvider(Provider):
     """An external provider (like SMTP): one call per message; refuses one address."""
 
     name = "fake"
@@ -599,11 +604,11 @@ class RecordingProvider:
         self.refuse = refuse
         self.sent: list[OutgoingMessage] = []
 
-    def send(self, session, message: OutgoingMessage) -> str:
+    async def send(self, message: OutgoingMessage) -> SendReceipt:
         if message.to_address == self.refuse:
-            raise ProviderRejected("550 no such user")
+            raise ProviderRejected("provider_rejected", "550 no such user")
         self.sent.append(message)
-        return f"<{message.delivery_id}@fake>"
+        return SendReceipt(provider_message_id=f"<{message.delivery_id}@fake>")
 
 
 def test_an_external_provider_gets_one_call_per_message(db, account):

@@ -9,8 +9,8 @@ from herald.campaigns.review import (
     ReviewFacts,
     review_campaign,
     send_time_passed,
-    sms_length,
 )
+from herald.delivery.sms_segments import sms_segments
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 ALL_CHANNELS = frozenset({"email", "sms", "whatsapp", "push"})
@@ -137,14 +137,21 @@ def test_warnings_do_not_block():
 
 
 def test_sms_length_counts_gsm_extension_characters_twice_and_unicode_at_70():
-    assert sms_length("a" * 160) == (160, 160)
-    assert sms_length("{" * 80) == (160, 160)
-    assert sms_length("€" + "a" * 159) == (161, 160)
-    assert sms_length("Sneakers 👟") == (11, 70)
+    def units(text: str) -> tuple[int, int]:
+        counted = sms_segments(text)
+        return counted.units, counted.segments
+
+    assert units("a" * 160) == (160, 1)
+    assert units("{" * 80) == (160, 1)
+    assert units("€" + "a" * 159) == (161, 2)
+    assert units("Sneakers 👟") == (11, 1)
     ok = review_campaign(facts(path(sms("{" * 80))))
     assert ok.messages[0].warnings == []
+    assert ok.messages[0].sms_segments == 1
     unicode = review_campaign(facts(path(sms("Ł" * 71))))
     assert "70-character" in unicode.messages[0].warnings[0].message
+    assert "billed as 2 messages" in unicode.messages[0].warnings[0].message
+    assert unicode.messages[0].sms_segments == 2
 
 
 def test_sms_length_is_measured_without_profile_data():

@@ -144,7 +144,15 @@ def test_get_shows_paths_in_order_and_messages_in_send_time_order(api, db):
         (rest["id"], "Path 2", 1),
     ]
     assert [m["id"] for m in got["paths"][0]["messages"]] == [sooner["id"], later["id"]]
-    assert sooner["content"] == {"subject": None, "body": "Hi", "sender": None}
+    assert sooner["content"] == {
+        "subject": None,
+        "body": "Hi",
+        "sender": None,
+        "text": None,
+        "sender_name": None,
+        "reply_to": None,
+        "whatsapp_template": None,
+    }
     assert sooner["schedule"] == {"mode": "fixed", "percent_per_hour": None}
     assert (sooner["smart_sending"], sooner["utm"], sooner["status"]) == (True, True, "draft")
 
@@ -540,6 +548,7 @@ def test_review_lists_each_messages_errors(api, db):
     }
     assert [e["code"] for e in by_id[whatsapp["id"]]["errors"]] == [
         "channel_not_enabled",
+        "whatsapp_template_required",
         "empty_audience",
     ]
     assert by_id[whatsapp["id"]]["path_id"] == empty["id"]

@@ -19,8 +19,8 @@ from activities.delivery import DeliveryActivities
 from herald.core.config import Settings
 from herald.core.db import session_scope
 from herald.core.ids import new_id
-from herald.delivery.channels import ProviderUnavailable
 from herald.delivery.policy import parse_clock, quiet_hours_end
+from herald.delivery.send_path import PROVIDER_UNAVAILABLE
 from herald.flows.conditions import ConditionUnavailable
 from herald.flows.graph import MessageContent
 from herald.profiles.consent import set_consent
@@ -256,14 +256,14 @@ def test_concurrent_attempts_with_one_key_deliver_once(db, deliver):
 def test_losing_the_race_for_the_key_returns_the_winners_result(db, deliver, monkeypatch):
     ada = make_profile(db)
     winner = deliver(campaign(ada))
-    real = delivery_module.recorded_result
+    real = delivery_module.recorded_row
     calls = []
 
     def checked_before_the_winner_committed(session, key):
         calls.append(key)
         return None if len(calls) == 1 else real(session, key)
 
-    monkeypatch.setattr(delivery_module, "recorded_result", checked_before_the_winner_committed)
+    monkeypatch.setattr(delivery_module, "recorded_row", checked_before_the_winner_committed)
     # The unique constraint stops the second insert; the loser reads and returns the winner's.
     assert deliver(campaign(ada)) == winner
     assert len(calls) == 2
@@ -652,12 +652,12 @@ def test_smtp_permanent_rejection_is_recorded_as_failed_and_not_retried(db, acco
     deliver = smtp_deliver(db, clock, port)
     nobody = make_profile(db, email="reject@example.com")
     result = deliver(campaign(nobody))
-    assert outcome(result) == ("failed", "provider_rejected")
+    assert outcome(result) == ("failed", "recipient_refused")
     assert deliver(campaign(nobody)) == result
     assert sink.rcpt_attempts == ["reject@example.com"]
     assert sink.messages == []
     assert deliveries(db) == [
-        ("failed", "provider_rejected", "email", "smtp", "reject@example.com", "Hi Ada")
+        ("failed", "recipient_refused", "email", "smtp", "reject@example.com", "Hi Ada")
     ]
 
 
@@ -666,8 +666,9 @@ def test_smtp_deferral_raises_for_retry_and_records_nothing(db, account, clock, 
     deliver = smtp_deliver(db, clock, port)
     ada = make_profile(db)
     sink.deferred.add("ada@example.com")
-    with pytest.raises(ProviderUnavailable):
+    with pytest.raises(ApplicationError) as raised:
         deliver(campaign(ada))
+    assert raised.value.type == PROVIDER_UNAVAILABLE
     assert deliveries(db) == []
     sink.deferred.clear()  # the server recovers; Temporal's retry sends it
     assert deliver(campaign(ada)).status == "sent"
@@ -677,8 +678,9 @@ def test_smtp_deferral_raises_for_retry_and_records_nothing(db, account, clock, 
 def test_smtp_server_down_raises_for_retry_and_records_nothing(db, account, clock):
     deliver = smtp_deliver(db, clock, free_port())  # nothing listens there
     ada = make_profile(db)
-    with pytest.raises(ProviderUnavailable):
+    with pytest.raises(ApplicationError) as raised:
         deliver(campaign(ada))
+    assert raised.value.type == PROVIDER_UNAVAILABLE
     assert deliveries(db) == []
 
 

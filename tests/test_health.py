@@ -14,6 +14,7 @@ def test_healthz_is_open_and_readyz_reports_each_dependency(anonymous):
     assert response.json() == {
         "status": "not_ready",
         "checks": {"database": True, "temporal": False},
+        "providers": {},  # channels whose provider is misconfigured (none)
     }
 
 

@@ -196,5 +196,6 @@ class CampaignPathWorkflow:
 def _add(progress: MessageProgress, page: PageResult) -> None:
     progress.sent += page.sent
     progress.failed += page.failed
+    progress.unknown += page.unknown
     for reason, count in page.skipped.items():
         progress.skipped[reason] = progress.skipped.get(reason, 0) + count

@@ -1,4 +1,5 @@
-"""Account settings: timezone, channels, smart-sending windows, quiet hours, frequency caps."""
+"""Account settings: timezone, channels, smart-sending windows, quiet hours, frequency caps,
+delivery guarantees."""
 
 from fastapi import APIRouter, Depends
 
@@ -38,6 +39,10 @@ def patch_account(body: AccountUpdate, engine: EngineDep) -> AccountSettings:
                 ch: {k: v for k, v in cap.items() if v is not None}
                 for ch, cap in changes["frequency_caps"].items()
             }
+        if "delivery_guarantees" in changes:
+            # Each channel sent replaces that channel's overrides ({} restores the defaults).
+            merged = {**account.delivery_guarantees, **changes["delivery_guarantees"]}
+            changes["delivery_guarantees"] = {ch: kinds for ch, kinds in merged.items() if kinds}
         for name, value in changes.items():
             setattr(account, name, value)
         account.updated_at = utcnow()

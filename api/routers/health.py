@@ -5,9 +5,10 @@ import asyncio
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from api.deps import require_private_key
+from models.providers import ChannelProviderSetting
 
 router = APIRouter(tags=["operations"])
 
@@ -24,10 +25,22 @@ async def readyz(request: Request) -> JSONResponse:
         "temporal": await request.app.state.temporal.healthy(),
     }
     ready = all(checks.values())
-    return JSONResponse(
-        {"status": "ready" if ready else "not_ready", "checks": checks},
-        status_code=200 if ready else 503,
-    )
+    body: dict = {"status": "ready" if ready else "not_ready", "checks": checks}
+    if checks["database"]:
+        # Shown, not counted against readiness: restarting the API cannot fix credentials.
+        # The reason is in GET /v1/providers (keyed); this page is public.
+        body["providers"] = await asyncio.to_thread(_provider_states, request.app.state.engine)
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+def _provider_states(engine) -> dict[str, str]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(ChannelProviderSetting.channel, ChannelProviderSetting.state).where(
+                ChannelProviderSetting.state != "ok"
+            )
+        ).all()
+    return {channel: state for channel, state in rows}
 
 
 def _database_ok(engine) -> bool:

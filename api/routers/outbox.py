@@ -44,14 +44,19 @@ class DeliveryPublic(BaseModel):
     workflow_id: str | None
     profile_id: str
     channel: Channel
-    status: Literal["sent", "skipped", "failed"]
-    # Skipped: exited, no_consent, smart_sending, capped, ...; failed: template_error, ...
+    # sending: handed to the provider, answer not recorded yet; unknown: a worker died mid-send
+    # and the channel's guarantee says not to resend (herald/delivery/guarantees.py).
+    status: Literal["sent", "skipped", "failed", "sending", "unknown"]
+    # Skipped: exited, no_consent, smart_sending, capped, ...; failed: template_error,
+    # invalid_address, recipient_unsubscribed, recipient_refused, token_unregistered, ...
     reason: str | None
     transactional: bool
     provider: str | None
     provider_message_id: str | None
     to: str | None
     subject: str | None
+    segments: int | None  # SMS and WhatsApp: message segments billed
+    test: bool
     created_at: datetime
     sent_at: datetime | None
 
@@ -95,7 +100,9 @@ def list_deliveries(
     run_kind: Annotated[Literal["flow", "campaign"] | None, Query()] = None,
     run_id: Annotated[str | None, Query(description="flow id or campaign id")] = None,
     step_id: Annotated[str | None, Query(description="flow step id or campaign message id")] = None,
-    status: Annotated[Literal["sent", "skipped", "failed"] | None, Query()] = None,
+    status: Annotated[
+        Literal["sent", "skipped", "failed", "sending", "unknown"] | None, Query()
+    ] = None,
     channel: Annotated[Channel | None, Query()] = None,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,

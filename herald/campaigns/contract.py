@@ -105,6 +105,8 @@ class PageResult(BaseModel):
     sent: int
     skipped: dict[str, int] = Field(default_factory=dict)
     failed: int = 0
+    # Claimed by an attempt that died before recording, left unknown (delivery guarantees).
+    unknown: int = 0
     last_profile_id: str | None = None
     done: bool  # the wave has no more recipients
 
@@ -116,6 +118,7 @@ class MessageProgress(BaseModel):
     sent: int = 0
     skipped: dict[str, int] = Field(default_factory=dict)
     failed: int = 0
+    unknown: int = 0
     next_wave_at: datetime | None = None
 
 

@@ -22,6 +22,8 @@ from models.enums import DeliveryStatus
 class _Counts:
     sent: int = 0
     failed: int = 0
+    sending: int = 0
+    unknown: int = 0
     skipped: dict[str, int] | None = None
 
     def add(self, status: str, reason: str | None, count: int) -> None:
@@ -29,13 +31,23 @@ class _Counts:
             self.sent += count
         elif status == DeliveryStatus.failed:
             self.failed += count
+        elif status == DeliveryStatus.sending:
+            self.sending += count
+        elif status == DeliveryStatus.unknown:
+            self.unknown += count
         elif status == DeliveryStatus.skipped:
             self.skipped = self.skipped or {}
             key = reason or "unspecified"
             self.skipped[key] = self.skipped.get(key, 0) + count
 
     def fields(self) -> dict:
-        return {"sent": self.sent, "failed": self.failed, "skipped": dict(self.skipped or {})}
+        return {
+            "sent": self.sent,
+            "failed": self.failed,
+            "sending": self.sending,
+            "unknown": self.unknown,
+            "skipped": dict(self.skipped or {}),
+        }
 
 
 def report(session: Session, campaign: Campaign) -> CampaignReport:
@@ -43,7 +55,7 @@ def report(session: Session, campaign: Campaign) -> CampaignReport:
     d = Delivery.__table__.c
     rows = session.execute(
         select(d.step_id, d.status, d.reason, func.count())
-        .where(d.run_kind == "campaign", d.run_id == campaign.id)
+        .where(d.run_kind == "campaign", d.run_id == campaign.id, d.test.is_(False))
         .group_by(d.step_id, d.status, d.reason)
     ).all()
     by_message: dict[str, _Counts] = defaultdict(_Counts)
@@ -61,6 +73,8 @@ def report(session: Session, campaign: Campaign) -> CampaignReport:
             for c in (path_counts, total):
                 c.sent += counts.sent
                 c.failed += counts.failed
+                c.sending += counts.sending
+                c.unknown += counts.unknown
                 for reason, n in (counts.skipped or {}).items():
                     c.add(DeliveryStatus.skipped, reason, n)
             lines.append(

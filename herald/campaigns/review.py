@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from herald.delivery.sms_segments import GSM7_SINGLE, UCS2_SINGLE, sms_segments
 from herald.delivery.templates import TemplateError, render, template_problem
 from models.campaign_dto import (
     CampaignLevelReview,
@@ -18,16 +19,6 @@ from models.campaign_dto import (
     ReviewProblem,
     parse_send_at,
 )
-
-# GSM 03.38: one SMS segment holds 160 of these (the extension table's characters count twice);
-# any other character switches the whole message to UCS-2, 70 characters per segment.
-_GSM_BASIC = frozenset(
-    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
-    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
-)
-_GSM_EXTENSION = frozenset("^{}\\[~]|€\f")
-GSM_SEGMENT = 160
-UCS2_SEGMENT = 70
 
 
 @dataclass(frozen=True)
@@ -39,6 +30,7 @@ class MessageFacts:
     sender: str | None = None
     send_at_local: str = ""  # "YYYY-MM-DDTHH:MM" in the campaign timezone
     utm: bool = True
+    whatsapp_template: bool = False  # an approved content template is set
 
 
 @dataclass(frozen=True)
@@ -67,14 +59,6 @@ class ReviewFacts:
 def send_time_passed(send_at_local: str, timezone: str, now: datetime) -> bool:
     """Is the wall time `send_at_local` in `timezone` already before `now`?"""
     return parse_send_at(send_at_local).replace(tzinfo=ZoneInfo(timezone)) < now
-
-
-def sms_length(text: str) -> tuple[int, int]:
-    """(length in SMS units, units per single segment) for `text`."""
-    if all(c in _GSM_BASIC or c in _GSM_EXTENSION for c in text):
-        return sum(2 if c in _GSM_EXTENSION else 1 for c in text), GSM_SEGMENT
-    # UCS-2 counts UTF-16 code units: an emoji takes two.
-    return len(text.encode("utf-16-le")) // 2, UCS2_SEGMENT
 
 
 def review_campaign(facts: ReviewFacts) -> CampaignReview:
@@ -141,6 +125,15 @@ def _review_message(facts: ReviewFacts, path: PathFacts, message: MessageFacts) 
         )
     if not message.body.strip():
         errors.append(_problem("no_body", "content.body", "the message has no content"))
+    if channel == "whatsapp" and not message.whatsapp_template:
+        errors.append(
+            _problem(
+                "whatsapp_template_required",
+                "content.whatsapp_template",
+                "a business-initiated WhatsApp message must use an approved content template "
+                "(content_sid HX...)",
+            )
+        )
     if email and not (message.subject or "").strip():
         errors.append(_problem("no_subject", "content.subject", "an email needs a subject"))
     if email and not message.sender and not facts.default_email_sender:
@@ -190,14 +183,16 @@ def _review_message(facts: ReviewFacts, path: PathFacts, message: MessageFacts) 
             )
         )
     if channel == "sms" and message.body.strip():
-        units, limit = sms_length(rendered_body if rendered_body is not None else message.body)
-        if units > limit:
+        counted = sms_segments(rendered_body if rendered_body is not None else message.body)
+        out.sms_segments = counted.segments
+        if counted.segments > 1:
+            limit = GSM7_SINGLE if counted.encoding == "GSM-7" else UCS2_SINGLE
             warnings.append(
                 _problem(
                     "sms_multiple_segments",
                     "content.body",
-                    f"the SMS is {units} characters without profile data, more than one "
-                    f"{limit}-character segment: it is billed as several messages",
+                    f"the SMS is {counted.units} characters without profile data, more than one "
+                    f"{limit}-character segment: it is billed as {counted.segments} messages",
                 )
             )
     if not message.utm:

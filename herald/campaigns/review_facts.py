@@ -76,6 +76,7 @@ def _message_facts(row: CampaignMessage) -> MessageFacts:
         sender=content.get("sender"),
         send_at_local=row.send_at_local,
         utm=row.utm,
+        whatsapp_template=bool(content.get("whatsapp_template")),
     )
 
 

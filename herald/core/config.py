@@ -87,6 +87,13 @@ class Settings(BaseSettings):
     # are refused with a 422: routing re-checks every live segment an event touches.
     segment_cost_budget: int = 500
 
+    # Encrypts provider credentials at rest (Fernet, key derived from this string). Empty in
+    # dev: a random key is kept in <data_dir>/secret.key. Rotation: set the new value here and
+    # the old one in secret_key_previous; stored secrets decrypt with either and re-encrypt
+    # with the new one when next saved. In prod it must be set.
+    secret_key: str = ""
+    secret_key_previous: list[str] = []
+
     # Validated API keys are cached this long, so revocation takes effect within it.
     api_key_cache_seconds: float = 30.0
 

@@ -13,6 +13,8 @@ language shift tables are off by default and not modelled: a curly quote makes t
 from dataclasses import dataclass
 from typing import Literal
 
+from models.enums import Channel
+
 Encoding = Literal["GSM-7", "UCS-2"]
 
 # The GSM 03.38 basic character set: every position except 0x1B, the escape to the extension.
@@ -22,6 +24,9 @@ GSM7_BASIC = frozenset(
 )
 # The extension table: each of these is sent as escape + character, two septets.
 GSM7_EXTENSION = frozenset("\f^{}\\[~]|€")
+
+# The channels whose delivery rows record segments (WhatsApp is billed per conversation).
+SEGMENTED_CHANNELS = frozenset({Channel.sms})
 
 GSM7_SINGLE, GSM7_PART = 160, 153
 UCS2_SINGLE, UCS2_PART = 70, 67

@@ -171,11 +171,25 @@ class WaitForEvent(_Step):
     on_timeout: StepId | None = None
 
 
+class WhatsAppTemplate(_Strict):
+    """An approved WhatsApp content template (Twilio Content API): business-initiated WhatsApp
+    messages must use one; free text is only allowed inside the customer's 24-hour window."""
+
+    content_sid: str = Field(pattern=r"^HX[0-9a-fA-F]{32}$")
+    # Placeholder number -> Liquid template, e.g. {"1": "{{ profile.first_name }}"}.
+    variables: dict[str, str] = Field(default_factory=dict, max_length=50)
+
+
 class MessageContent(_Strict):
-    subject: str | None = Field(default=None, max_length=998)  # email
+    subject: str | None = Field(default=None, max_length=998)  # email; push title
     body: str = Field(min_length=1, max_length=100_000)  # Liquid template
     sender: str | None = Field(default=None, max_length=320)
     utm: dict[str, str] | None = None
+    # Email: the plain-text part (Liquid); derived from the HTML when absent.
+    text: str | None = Field(default=None, max_length=100_000)
+    sender_name: str | None = Field(default=None, max_length=200)
+    reply_to: str | None = Field(default=None, max_length=320)
+    whatsapp_template: WhatsAppTemplate | None = None
 
 
 class Message(_Linear):

@@ -66,6 +66,7 @@ class StepOutcome(StrEnum):
     queued = "queued"  # a message waits in the review queue
     exited = "exited"  # the enrollment ended here; the reason is its exit reason
     failed = "failed"  # a permanent error: the step failed, the walk goes on
+    unknown = "unknown"  # a worker died mid-send; the delivery row is left `unknown` for review
 
 
 class StepRecord(BaseModel):

@@ -192,6 +192,16 @@ class _Check:
                 self.add(f"{label}.content.subject", "an email needs a subject")
             self.template(f"{label}.content.subject", subject)
             self.template(f"{label}.content.body", step.content.body)
+            self.template(f"{label}.content.text", step.content.text)
+            template = step.content.whatsapp_template
+            if step.channel is Channel.whatsapp and template is None:
+                self.add(
+                    f"{label}.content.whatsapp_template",
+                    "a business-initiated WhatsApp message must use an approved content "
+                    "template (content_sid HX...)",
+                )
+            for key, value in (template.variables if template else {}).items():
+                self.template(f"{label}.content.whatsapp_template.variables.{key}", value)
         elif isinstance(step, ConditionalSplit):
             for i, condition in enumerate(step.conditions):
                 self.condition(f"{label}.conditions[{i}]", condition)

@@ -25,7 +25,7 @@ from herald.delivery.providers.base import (
     SendReceipt,
 )
 from herald.delivery.providers.google_auth import ServiceAccount, ServiceAccountTokens
-from herald.delivery.providers.http_retry import retry_after_seconds
+from herald.delivery.providers.http_replies import retry_after_seconds
 
 FCM_API = "https://fcm.googleapis.com"
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -192,7 +192,7 @@ class FcmProvider(Provider):
             except (ValueError, AttributeError):
                 return _Sent("")  # delivered all the same: retrying would notify twice
         error = _GoogleError.of(response)
-        retry_after = retry_after_seconds(response.headers)
+        retry_after = retry_after_seconds(response.headers.get("retry-after"))
         if error.fcm_code == "UNREGISTERED":
             return _Dead(token, "UNREGISTERED")
         if error.status == "INVALID_ARGUMENT" or error.fcm_code == "INVALID_ARGUMENT":

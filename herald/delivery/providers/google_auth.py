@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from herald.delivery.providers.base import ProviderMisconfigured, ProviderUnavailable
-from herald.delivery.providers.http_retry import retry_after_seconds
+from herald.delivery.providers.http_replies import retry_after_seconds
 
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 ASSERTION_LIFETIME = 3600  # Google refuses assertions that live longer than one hour
@@ -134,7 +134,7 @@ class ServiceAccountTokens:
         if response.status_code == 429 or response.status_code >= 500:
             raise ProviderUnavailable(
                 f"Google's token endpoint answered {response.status_code}",
-                retry_after=retry_after_seconds(response.headers),
+                retry_after=retry_after_seconds(response.headers.get("retry-after")),
             )
         raise ProviderMisconfigured(
             f"Google refused the token grant for {self.account.client_email} "

@@ -1,5 +1,6 @@
 """Reading an HTTP provider's reply: how long it asked us to wait, and a body of bounded size."""
 
+import math
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
@@ -7,20 +8,25 @@ import httpx
 
 
 def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
-    """`Retry-After` as seconds to wait (RFC 9110: delay-seconds or an HTTP-date), or None."""
+    """`Retry-After` as seconds to wait, never negative (RFC 9110 section 10.2.3: seconds or an
+    HTTP-date); None when absent or unreadable. The send path waits at least this long before
+    its next attempt (ProviderUnavailable.retry_after)."""
     if value is None or not value.strip():
         return None
     text = value.strip()
-    if text.isdigit():
-        return float(text) if int(text) > 0 else None
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = parsedate_to_datetime(text)
     except (TypeError, ValueError):
         return None
-    if when.tzinfo is None:  # an HTTP-date is always GMT
-        when = when.replace(tzinfo=UTC)
-    delay = (when - (now or datetime.now(UTC))).total_seconds()
-    return delay if delay > 0 else None
+    if when.tzinfo is None:  # an HTTP-date is always GMT; one without a zone is garbage
+        return None
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 async def read_at_most(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
