@@ -80,8 +80,9 @@ def _audience(
         raise ApplicationError(str(exc), type="InvalidCampaign", non_retryable=True) from exc
 
 
-# A page's provider calls end well inside the activity's 30 s start-to-close timeout.
-PAGE_SEND_SECONDS = 20.0
+# No chunk of a page starts after this; with herald/delivery/pace.py CHUNK_GRACE, a page's
+# provider calls end inside the activity's 30 s start-to-close timeout.
+PAGE_SEND_SECONDS = 15.0
 
 
 def page_size_for(req: PageRequest, provider: AnyProvider) -> int:
@@ -92,7 +93,7 @@ def page_size_for(req: PageRequest, provider: AnyProvider) -> int:
     if req.wave.limit is not None:
         wanted = min(wanted, req.wave.limit - req.sent_in_wave)
     if isinstance(provider, Provider) and provider.limits.per_second:
-        wanted = min(wanted, max(1, int(provider.limits.per_second * PAGE_SEND_SECONDS * 0.75)))
+        wanted = min(wanted, max(1, int(provider.limits.per_second * PAGE_SEND_SECONDS * 0.8)))
     return wanted
 
 

@@ -64,8 +64,9 @@ from models.profile import Consent, Profile
 
 log = structlog.get_logger("herald.delivery")
 
-# One message to one provider: well inside the activity's 30 s start-to-close timeout.
-SEND_TIMEOUT_SECONDS = 25.0
+# One message: it starts within this (a paced channel may wait for its slot) and ends within
+# herald/delivery/pace.py CHUNK_GRACE after, inside the activity's 30 s start-to-close timeout.
+SEND_TIMEOUT_SECONDS = 15.0
 # Claimed by an attempt that never recorded the answer (herald/delivery/send_path.py).
 IN_FLIGHT = (DeliveryStatus.sending, DeliveryStatus.unknown)
 # Smart sending and caps count what may have reached the recipient, not only what surely did.

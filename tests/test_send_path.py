@@ -310,3 +310,31 @@ def test_reserved_slots_follow_each_other_at_the_providers_rate(db):
         assert reserve(db.engine, "sms", 1, 2.0, later) == 0.0  # idle: no debt carried
     finally:
         db.execute("DELETE FROM provider_pace")
+
+
+def test_no_chunk_starts_after_the_budget_and_the_rest_is_released(db, account):
+    from herald.delivery.pace import send_paced
+    from herald.delivery.provider_hub import ProviderHub
+
+    provider = ScriptedProvider(limits=ProviderLimits(concurrency=2, per_second=2))
+    hub = ProviderHub(Settings(), fixed={"sms": provider})
+    messages = [
+        OutgoingMessage(
+            delivery_id=f"dl_{i}",
+            idempotency_key=f"k{i}",
+            profile_id="p",
+            channel=Channel.sms,
+            to_address="+31612345678",
+            subject=None,
+            body="hi",
+        )
+        for i in range(5)
+    ]
+    try:
+        # 2 per second: the first chunk (2) goes at once, the next slot is a second away.
+        outcomes = send_paced(db.engine, hub, provider, "sms", messages, budget=0.6)
+    finally:
+        hub.close()
+        db.execute("DELETE FROM provider_pace")
+    assert [type(o).__name__ for o in outcomes] == ["SendReceipt"] * 2 + ["ProviderUnavailable"] * 3
+    assert len(provider.sent) == 2

@@ -19,9 +19,17 @@ from sqlalchemy.exc import IntegrityError
 
 from herald.core.db import session_scope
 from herald.delivery.provider_hub import ProviderHub
-from herald.delivery.providers.base import OutgoingMessage, Provider, SendOutcome
+from herald.delivery.providers.base import (
+    OutgoingMessage,
+    Provider,
+    ProviderUnavailable,
+    SendOutcome,
+)
 from models.providers import ProviderPace
 from models.types import utcnow
+
+# How long a chunk may still run once started; budget + grace stays inside the activity timeout.
+CHUNK_GRACE = 8.0
 
 
 def send_paced(
@@ -30,19 +38,33 @@ def send_paced(
     provider: Provider,
     channel: str,
     messages: Sequence[OutgoingMessage],
-    timeout: float,
+    budget: float,
 ) -> list[SendOutcome]:
-    """Sends through the hub, in one-second chunks on reserved slots when the provider has a
-    rate; at once (within its concurrency) when it has none."""
+    """Sends through the hub in chunks: one second's worth on a reserved slot when the provider
+    has a rate, a few rounds of its concurrency when it has none.
+
+    No chunk starts after `budget` seconds: the messages left get ProviderUnavailable, so the
+    send path releases their claims and the activity's retry sends them. A slow provider thus
+    never runs a page past its activity's timeout with claims it cannot account for.
+    """
     rate = provider.limits.per_second
-    if not rate:
-        return hub.send_many(provider, messages, timeout)
-    chunk = max(1, int(rate))
+    size = max(1, int(rate)) if rate else max(1, provider.limits.concurrency * 4)
+    deadline = time.monotonic() + budget
     outcomes: list[SendOutcome] = []
-    for start in range(0, len(messages), chunk):
-        part = messages[start : start + chunk]
-        time.sleep(reserve(engine, channel, len(part), rate, utcnow()))
-        outcomes += hub.send_many(provider, part, timeout)
+    for start in range(0, len(messages), size):
+        part = messages[start : start + size]
+        wait = reserve(engine, channel, len(part), rate, utcnow()) if rate else 0.0
+        left = deadline - time.monotonic()
+        if wait >= left:
+            late = ProviderUnavailable(
+                f"{len(messages) - start} message(s) not started within the page's "
+                f"{budget:.0f} s; sent on the retry",
+                retry_after=0,
+            )
+            return outcomes + [late] * (len(messages) - start)
+        time.sleep(wait)
+        # A chunk that started may finish after the budget, within the grace.
+        outcomes += hub.send_many(provider, part, deadline + CHUNK_GRACE - time.monotonic())
     return outcomes
 
 
