@@ -83,17 +83,24 @@ def _audience(
 # No chunk of a page starts after this; with herald/delivery/pace.py CHUNK_GRACE, a page's
 # provider calls end inside the activity's 30 s start-to-close timeout.
 PAGE_SEND_SECONDS = 15.0
+# Messages per provider connection in one page: 50 at 100 ms a message is 5 s.
+MESSAGES_PER_CONNECTION = 50
 
 
 def page_size_for(req: PageRequest, provider: AnyProvider) -> int:
     """How many recipients this page takes: the wave's remainder, and for a provider with a
     published rate no more than it sends in PAGE_SEND_SECONDS (a long-code SMS number sends
-    about one message a second, so its pages are small and the workflow simply takes more)."""
+    about one message a second, so its pages are small and the workflow simply takes more). A
+    page that still runs out of time releases the rest for its retry (herald/delivery/pace.py)."""
     wanted = req.page_size
     if req.wave.limit is not None:
         wanted = min(wanted, req.wave.limit - req.sent_in_wave)
-    if isinstance(provider, Provider) and provider.limits.per_second:
-        wanted = min(wanted, max(1, int(provider.limits.per_second * PAGE_SEND_SECONDS * 0.8)))
+    if isinstance(provider, Provider):
+        # An external provider's page is what its connections carry in a few seconds; a
+        # paced one's no more than its rate allows within the page's budget.
+        wanted = min(wanted, provider.limits.concurrency * MESSAGES_PER_CONNECTION)
+        if provider.limits.per_second:
+            wanted = min(wanted, max(1, int(provider.limits.per_second * PAGE_SEND_SECONDS * 0.8)))
     return wanted
 
 

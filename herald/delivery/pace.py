@@ -22,13 +22,13 @@ from herald.delivery.provider_hub import ProviderHub
 from herald.delivery.providers.base import (
     OutgoingMessage,
     Provider,
-    ProviderUnavailable,
     SendOutcome,
+    not_started,
 )
 from models.providers import ProviderPace
 from models.types import utcnow
 
-# How long a chunk may still run once started; budget + grace stays inside the activity timeout.
+# How long a send may still run once started; budget + grace stays inside the activity timeout.
 CHUNK_GRACE = 8.0
 
 
@@ -40,28 +40,24 @@ def send_paced(
     messages: Sequence[OutgoingMessage],
     budget: float,
 ) -> list[SendOutcome]:
-    """Sends through the hub in chunks: one second's worth on a reserved slot when the provider
-    has a rate, a few rounds of its concurrency when it has none.
+    """Sends through the hub: all at once within the provider's concurrency, or, when it has a
+    rate, in one-second chunks each on a slot reserved first.
 
-    No chunk starts after `budget` seconds: the messages left get ProviderUnavailable, so the
-    send path releases their claims and the activity's retry sends them. A slow provider thus
-    never runs a page past its activity's timeout with claims it cannot account for.
+    No message starts after `budget` seconds: those left get ProviderUnavailable, so the send
+    path releases their claims and the activity's retry sends them. A slow provider thus never
+    runs a page past its activity's timeout with claims it cannot account for.
     """
-    rate = provider.limits.per_second
-    size = max(1, int(rate)) if rate else max(1, provider.limits.concurrency * 4)
     deadline = time.monotonic() + budget
+    rate = provider.limits.per_second
+    if not rate:
+        return hub.send_many(provider, messages, budget + CHUNK_GRACE, deadline=deadline)
+    size = max(1, int(rate))
     outcomes: list[SendOutcome] = []
     for start in range(0, len(messages), size):
         part = messages[start : start + size]
-        wait = reserve(engine, channel, len(part), rate, utcnow()) if rate else 0.0
-        left = deadline - time.monotonic()
-        if wait >= left:
-            late = ProviderUnavailable(
-                f"{len(messages) - start} message(s) not started within the page's "
-                f"{budget:.0f} s; sent on the retry",
-                retry_after=0,
-            )
-            return outcomes + [late] * (len(messages) - start)
+        wait = reserve(engine, channel, len(part), rate, utcnow())
+        if wait >= deadline - time.monotonic():
+            return outcomes + [not_started() for _ in messages[start:]]
         time.sleep(wait)
         # A chunk that started may finish after the budget, within the grace.
         outcomes += hub.send_many(provider, part, deadline + CHUNK_GRACE - time.monotonic())

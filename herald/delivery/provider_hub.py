@@ -11,7 +11,6 @@ import asyncio
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from datetime import datetime
 from typing import Any
 
 import structlog
@@ -80,10 +79,14 @@ class ProviderHub:
         return asyncio.run_coroutine_threadsafe(coro, self._running_loop())
 
     def send_many(
-        self, provider: Provider, messages: Sequence[OutgoingMessage], timeout: float
+        self,
+        provider: Provider,
+        messages: Sequence[OutgoingMessage],
+        timeout: float,
+        deadline: float | None = None,
     ) -> list[SendOutcome]:
         """Sends on the hub's loop and waits (this thread holds no transaction meanwhile)."""
-        return list(self.submit(provider.send_many(messages)).result(timeout))
+        return list(self.submit(provider.send_many(messages, deadline=deadline)).result(timeout))
 
     def check(self, provider: Provider, timeout: float) -> None:
         self.submit(provider.check()).result(timeout)
@@ -99,7 +102,3 @@ class ProviderHub:
             except Exception as exc:  # closing is best effort: the process is going away
                 log.warning("provider close failed", provider=provider.name, error=str(exc))
         self._loop.call_soon_threadsafe(self._loop.stop)
-
-
-def stamp_of(updated_at: datetime | None) -> Any:
-    return updated_at

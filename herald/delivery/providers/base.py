@@ -7,6 +7,7 @@ open while a provider is on the wire.
 """
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,6 +108,14 @@ class ProviderMisconfigured(ProviderError):
 SendOutcome = SendReceipt | ProviderError
 
 
+def not_started() -> ProviderUnavailable:
+    """The answer for a message its sender's time ran out before: nothing left, retry it."""
+    # Retried after a second, not after the policy's growing back-off: nothing failed.
+    return ProviderUnavailable(
+        "not started before the send's deadline; sent on the retry", retry_after=1
+    )
+
+
 class Provider:
     """Base class: one message at a time by `send`; `send_many` runs them concurrently within
     `limits.concurrency`. Providers with a batch API override `send_many`."""
@@ -117,12 +126,17 @@ class Provider:
     async def send(self, message: OutgoingMessage) -> SendReceipt:
         raise NotImplementedError
 
-    async def send_many(self, messages: Sequence[OutgoingMessage]) -> list[SendOutcome]:
-        """One outcome per message, in order; never raises for one message's error."""
+    async def send_many(
+        self, messages: Sequence[OutgoingMessage], *, deadline: float | None = None
+    ) -> list[SendOutcome]:
+        """One outcome per message, in order; never raises for one message's error. A message
+        not started by `deadline` (time.monotonic()) is not sent: `not_started(...)`."""
         gate = asyncio.Semaphore(max(1, self.limits.concurrency))
 
         async def one(message: OutgoingMessage) -> SendOutcome:
             async with gate:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return not_started()
                 try:
                     return await self.send(message)
                 except ProviderError as exc:

@@ -28,6 +28,7 @@ since Postmark takes no idempotency key.
 import asyncio
 import hashlib
 import json
+import time
 from collections.abc import Sequence
 from email.utils import formataddr
 from typing import Any
@@ -46,6 +47,7 @@ from herald.delivery.providers.base import (
     ProviderUnavailable,
     SendOutcome,
     SendReceipt,
+    not_started,
 )
 from herald.delivery.providers.http_replies import retry_after_seconds
 
@@ -103,7 +105,9 @@ class PostmarkProvider(Provider):
             raise outcome
         return outcome
 
-    async def send_many(self, messages: Sequence[OutgoingMessage]) -> list[SendOutcome]:
+    async def send_many(
+        self, messages: Sequence[OutgoingMessage], *, deadline: float | None = None
+    ) -> list[SendOutcome]:
         """Batches of at most `batch_size` messages (and 50 MB), `concurrency` batches at once;
         one outcome per message, in order."""
         outcomes: list[SendOutcome | None] = [None] * len(messages)
@@ -122,7 +126,10 @@ class PostmarkProvider(Provider):
 
         async def one_batch(batch: list[tuple[int, bytes]]) -> None:
             async with gate:
-                results = await self._send_batch([item for _, item in batch])
+                if deadline is not None and time.monotonic() >= deadline:
+                    results: list[SendOutcome] = [not_started() for _ in batch]
+                else:
+                    results = await self._send_batch([item for _, item in batch])
             for (index, _), outcome in zip(batch, results, strict=True):
                 outcomes[index] = outcome
 

@@ -1,0 +1,384 @@
+"""Channel benchmark: Herald's send path against the same messages sent raw, per provider.
+
+Against local partners started here: an aiosmtpd sink (SMTP) and a fake Twilio answering after
+50 ms (tests/fakes/twilio.py on a real HTTP server). For concurrency 1, 8 and 32, it times
+  - raw: aiosmtplib / httpx sending the prebuilt messages with that many connections/requests;
+  - Herald: the `send_page` activity (activities/campaigns.py) on a migrated SQLite database,
+    pages of 1,000: audience query, policy, Liquid, claim, provider call with no transaction
+    open, record. Both run in this process, so they share the same interpreter and CPU.
+and prints messages/s and Herald/raw. Then the render time per message of a 30 KB HTML email
+with 20 links (herald/delivery/rendering.py).
+
+  .venv/bin/python bench/channels.py [--messages 2000] [--concurrency 1,8,32]
+"""
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from email.message import EmailMessage
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import aiosmtplib  # noqa: E402
+import httpx  # noqa: E402
+from aiosmtpd.controller import Controller  # noqa: E402
+
+from bench.common import free_port, log, save  # noqa: E402
+
+TWILIO_LATENCY = 0.05
+ACCOUNT = "AC" + "0123456789abcdef" * 2
+TOKEN = "bench-token"
+
+
+class _Sink:
+    """Accepts and counts messages (aiosmtpd handler)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.lock = threading.Lock()
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
+        with self.lock:
+            self.count += 1
+        return "250 OK"
+
+
+def start_sink() -> tuple[Controller, _Sink, int]:
+    sink = _Sink()
+    port = free_port()
+    controller = Controller(sink, hostname="127.0.0.1", port=port)
+    controller.start()
+    return controller, sink, port
+
+
+# ---- raw baselines ------------------------------------------------------------------------------
+
+
+def raw_email(i: int) -> EmailMessage:
+    email = EmailMessage()
+    email["From"] = "shop@bench.test"
+    email["To"] = f"p{i}@bench.test"
+    email["Subject"] = f"Hello N{i}"
+    email["Message-ID"] = f"<{i}@bench.test>"
+    email.set_content(f"Hello N{i}, the sale is on.")
+    email.add_alternative(f"<p>Hello N{i}, the sale is on.</p>", subtype="html")
+    return email
+
+
+async def raw_smtp(port: int, count: int, concurrency: int) -> float:
+    messages = [raw_email(i) for i in range(count)]
+    started = time.perf_counter()
+
+    async def connection(part: list[EmailMessage]) -> None:
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False) as smtp:
+            for message in part:
+                await smtp.send_message(message)
+
+    await asyncio.gather(*(connection(messages[c::concurrency]) for c in range(concurrency)))
+    return time.perf_counter() - started
+
+
+async def raw_twilio(url: str, count: int, concurrency: int) -> float:
+    gate = asyncio.Semaphore(concurrency)
+    path = f"{url}/2010-04-01/Accounts/{ACCOUNT}/Messages.json"
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(auth=(ACCOUNT, TOKEN), limits=limits) as client:
+        started = time.perf_counter()
+
+        async def one(i: int) -> None:
+            async with gate:
+                form = {"To": f"+3161{i:07d}", "From": "+15005550006", "Body": f"Hi N{i}"}
+                response = await client.post(path, data=form)
+                response.raise_for_status()
+
+        await asyncio.gather(*(one(i) for i in range(count)))
+        return time.perf_counter() - started
+
+
+# ---- Herald -------------------------------------------------------------------------------------
+
+
+class HeraldWorld:
+    """A migrated SQLite database with `count` subscribed profiles on one list."""
+
+    def __init__(self, count: int):
+        from sqlalchemy import insert
+
+        from herald.cli.migrate import upgrade
+        from herald.core.db import make_engine, session_scope
+        from herald.core.ids import new_id
+        from models.account import Account
+        from models.lists import ListMembership, ProfileList
+        from models.profile import Consent, Profile
+        from models.types import utcnow
+
+        self.dir = tempfile.TemporaryDirectory(prefix="herald-bench-channels-")
+        self.engine = make_engine(f"sqlite:///{Path(self.dir.name) / 'herald.db'}")
+        upgrade(self.engine)
+        now = utcnow()
+        self.list_id = new_id("li")
+        ids = [f"pr_{i:08d}" for i in range(count)]
+        with session_scope(self.engine) as session:
+            account = session.get(Account, 1)
+            account.smart_sending_hours = {"email": 0, "sms": 0, "whatsapp": 0, "push": 0}
+            session.add(account)
+            session.add(ProfileList(id=self.list_id, name="bench"))
+            session.flush()
+            session.execute(
+                insert(Profile.__table__),
+                [
+                    {
+                        "id": pid,
+                        "external_id": None,
+                        "email": f"{pid}@bench.test",
+                        "phone": f"+3161{i:07d}",
+                        "anonymous_id": None,
+                        "first_name": f"N{i}",
+                        "last_name": None,
+                        "timezone": "UTC",
+                        "push_tokens": [],
+                        "properties": {},
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for i, pid in enumerate(ids)
+                ],
+            )
+            session.execute(
+                insert(Consent.__table__),
+                [
+                    {
+                        "profile_id": pid,
+                        "channel": channel,
+                        "status": "subscribed",
+                        "source": "bench",
+                        "updated_at": now,
+                    }
+                    for pid in ids
+                    for channel in ("email", "sms")
+                ],
+            )
+            session.execute(
+                insert(ListMembership.__table__),
+                [{"list_id": self.list_id, "profile_id": p, "added_at": now} for p in ids],
+            )
+
+    def send_all(self, channel: str, provider) -> float:
+        """Sends one campaign message to the whole list through send_page; seconds taken."""
+        from activities.campaigns import CampaignActivities
+        from herald.campaigns.contract import (
+            CampaignSettings,
+            MessageSnapshot,
+            PageRequest,
+            PathSnapshot,
+            Wave,
+        )
+        from herald.core.config import Settings
+        from herald.core.db import session_scope
+        from herald.core.ids import new_id
+        from herald.flows.graph import MessageContent
+        from models.campaigns import Campaign, CampaignMessage, CampaignPath
+        from models.types import utcnow
+
+        content = MessageContent(
+            subject="Hello {{ profile.first_name }}" if channel == "email" else None,
+            body=(
+                "<p>Hello {{ profile.first_name }}, the sale is on.</p>"
+                if channel == "email"
+                else "Hi {{ profile.first_name }}, the sale is on"
+            ),
+            sender="shop@bench.test" if channel == "email" else None,
+        )
+        message = MessageSnapshot(
+            id=new_id("cm"), channel=channel, content=content, send_at_local="2026-01-01T09:00"
+        )
+        path = PathSnapshot(
+            id=new_id("pa"),
+            position=0,
+            name="all",
+            include_lists=[self.list_id],
+            messages=[message],
+        )
+        settings = CampaignSettings(campaign_id=new_id("cp"), name="bench", path_order=[path.id])
+        with session_scope(self.engine) as session:
+            session.add(Campaign(id=settings.campaign_id, name="bench", status="scheduled"))
+            session.flush()
+            session.add(
+                CampaignPath(id=path.id, campaign_id=settings.campaign_id, position=0, name="all")
+            )
+            session.flush()
+            session.add(
+                CampaignMessage(
+                    id=message.id,
+                    campaign_id=settings.campaign_id,
+                    path_id=path.id,
+                    position=0,
+                    channel=channel,
+                    content=content.model_dump(),
+                    send_at_local=message.send_at_local,
+                    status="scheduled",
+                )
+            )
+        acts = CampaignActivities(self.engine, Settings(), providers={channel: provider})
+        cursor, sent = None, 0
+        started = time.perf_counter()
+        try:
+            while True:
+                request = PageRequest(
+                    settings=settings,
+                    path=path,
+                    all_paths=[path],
+                    message_id=message.id,
+                    wave=Wave(at=utcnow()),
+                    after_profile_id=cursor,
+                    sent_in_wave=sent,
+                    now=utcnow(),
+                )
+                page = _with_retries(acts, request)
+                sent += page.sent
+                cursor = page.last_profile_id
+                if page.done:
+                    break
+            return time.perf_counter() - started
+        finally:
+            acts.hub.close()
+
+
+def _with_retries(acts, request):
+    """send_page as Temporal would run it: a page that ran out of time is retried at once."""
+    from temporalio.exceptions import ApplicationError
+
+    while True:
+        try:
+            return acts.send_page(request)
+        except ApplicationError as exc:
+            if exc.type != "ProviderUnavailable":
+                raise
+            log(f"page retried: {exc}")
+
+
+# ---- driver -------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per cell; medians shown")
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+
+    from herald.delivery.providers.smtp import SmtpConfig, SmtpProvider
+    from herald.delivery.providers.twilio import TwilioConfig, TwilioProvider
+    from tests.fakes.twilio import fake_twilio
+
+    controller, sink, port = start_sink()
+    rows: list[dict] = []
+    log(f"seeding {args.messages} profiles")
+    world = HeraldWorld(args.messages)
+    try:
+        with fake_twilio(ACCOUNT, auth_token=TOKEN, latency=TWILIO_LATENCY) as twilio:
+            for c in levels:
+                for name, raw, herald in (
+                    (
+                        "smtp",
+                        lambda c=c: asyncio.run(raw_smtp(port, args.messages, c)),
+                        lambda c=c: world.send_all(
+                            "email",
+                            SmtpProvider(
+                                SmtpConfig(
+                                    host="127.0.0.1",
+                                    port=port,
+                                    tls="none",
+                                    sender="shop@bench.test",
+                                    pool_size=c,
+                                    max_messages_per_connection=100_000,
+                                )
+                            ),
+                        ),
+                    ),
+                    (
+                        "twilio",
+                        lambda c=c: asyncio.run(raw_twilio(twilio.url, args.messages, c)),
+                        lambda c=c: world.send_all(
+                            "sms",
+                            TwilioProvider(
+                                TwilioConfig(
+                                    account_sid=ACCOUNT,
+                                    auth_token=TOKEN,
+                                    from_number="+15005550006",
+                                    base_url=twilio.url,
+                                    concurrency=c,
+                                    per_second=None,
+                                )
+                            ),
+                        ),
+                    ),
+                ):
+                    raw_s, herald_s = [], []
+                    for _ in range(args.repeat):  # alternate, so drift hits both alike
+                        raw_s.append(raw())
+                        herald_s.append(herald())
+                    raw_rate = args.messages / statistics.median(raw_s)
+                    herald_rate = args.messages / statistics.median(herald_s)
+                    rows.append(
+                        {
+                            "provider": name,
+                            "concurrency": c,
+                            "raw_per_s": raw_rate,
+                            "herald_per_s": herald_rate,
+                            "ratio": herald_rate / raw_rate,
+                        }
+                    )
+                    log(f"{name} x{c}: raw {raw_rate:,.0f}/s, Herald {herald_rate:,.0f}/s")
+    finally:
+        controller.stop()
+
+    render_ms = render_time()
+    print()
+    print(f"{args.messages} messages per run, median of {args.repeat}; Twilio answers after 50 ms")
+    print(f"{'provider':<9}{'conc':>5}{'raw msg/s':>12}{'Herald msg/s':>14}{'Herald/raw':>12}")
+    for row in rows:
+        print(
+            f"{row['provider']:<9}{row['concurrency']:>5}{row['raw_per_s']:>12,.0f}"
+            f"{row['herald_per_s']:>14,.0f}{row['ratio']:>11.2f}x"
+        )
+    print(f"render: {render_ms:.2f} ms per message (30 KB HTML email, 20 links, Liquid)")
+    checks = [
+        (f"Herald >= 0.7x raw at concurrency {c} ({r['provider']})", r["ratio"] >= 0.7)
+        for r in rows
+        for c in [r["concurrency"]]
+        if c == max(levels)
+    ]
+    for label, ok in checks:
+        print(f"  [{'met' if ok else 'MISSED'}] {label}")
+    save("channels", {"rows": rows, "render_ms": render_ms, "messages": args.messages})
+
+
+def render_time(count: int = 300) -> float:
+    from herald.delivery.rendering import render_content
+    from herald.delivery.templates import template_variables
+    from herald.flows.graph import MessageContent
+
+    links = "".join(
+        f'<p><a href="https://shop.test/p/{i}?utm=x">Product {i} for {{{{ profile.first_name }}}}'
+        "</a></p>"
+        for i in range(20)
+    )
+    filler = "<p>" + "Lorem ipsum dolor sit amet. " * 40 + "</p>"
+    html = "<html><body>" + links + filler * ((30_000 - len(links)) // len(filler)) + "</body>"
+    content = MessageContent(subject="Hi {{ profile.first_name }}", body=html)
+    variables = template_variables({"first_name": "Ada", "email": "ada@bench.test"}, {})
+    started = time.perf_counter()
+    for _ in range(count):
+        render_content(content, variables)
+    return (time.perf_counter() - started) / count * 1000
+
+
+if __name__ == "__main__":
+    main()
