@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint fmt bench bench-flows bench-campaigns bench-segments clean
+.PHONY: run test lint fmt bench bench-flows bench-campaigns bench-segments bench-channels clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/flows.py
 	$(BIN)/python bench/campaigns.py
 	$(BIN)/python bench/segments.py
+	$(BIN)/python bench/channels.py
 
 bench-flows: $(STAMP)
 	$(BIN)/python bench/flows.py
@@ -39,6 +40,9 @@ bench-campaigns: $(STAMP)
 
 bench-segments: $(STAMP)
 	$(BIN)/python bench/segments.py
+
+bench-channels: $(STAMP)
+	$(BIN)/python bench/channels.py
 
 clean:
 	rm -rf $(VENV) .herald

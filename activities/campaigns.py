@@ -83,8 +83,10 @@ def _audience(
 # No chunk of a page starts after this; with herald/delivery/pace.py CHUNK_GRACE, a page's
 # provider calls end inside the activity's 30 s start-to-close timeout.
 PAGE_SEND_SECONDS = 15.0
-# Messages per provider connection in one page: 50 at 100 ms a message is 5 s.
+# A page's size before the provider's speed is known: 50 a connection (5 s at 100 ms each);
+# once known, what it carries in PAGE_TARGET_SECONDS.
 MESSAGES_PER_CONNECTION = 50
+PAGE_TARGET_SECONDS = 5.0
 
 
 def page_size_for(req: PageRequest, provider: AnyProvider) -> int:
@@ -96,9 +98,13 @@ def page_size_for(req: PageRequest, provider: AnyProvider) -> int:
     if req.wave.limit is not None:
         wanted = min(wanted, req.wave.limit - req.sent_in_wave)
     if isinstance(provider, Provider):
-        # An external provider's page is what its connections carry in a few seconds; a
-        # paced one's no more than its rate allows within the page's budget.
-        wanted = min(wanted, provider.limits.concurrency * MESSAGES_PER_CONNECTION)
+        # An external provider's page is what it carries in a few seconds (as observed, or a
+        # guess from its connections); a paced one's no more than its rate allows.
+        seen = provider.observed_per_second
+        carries = seen * PAGE_TARGET_SECONDS if seen else 0
+        wanted = min(
+            wanted, max(int(carries), provider.limits.concurrency * MESSAGES_PER_CONNECTION)
+        )
         if provider.limits.per_second:
             wanted = min(wanted, max(1, int(provider.limits.per_second * PAGE_SEND_SECONDS * 0.8)))
     return wanted

@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     # none: plain; starttls: upgrade after connecting (587); tls: implicit TLS (465).
     smtp_tls: Literal["none", "starttls", "tls"] = "none"
     smtp_timeout_seconds: float = 30.0
+    # SMTP connections each worker keeps open (and messages in flight); raise it only for a
+    # relay that allows more.
+    smtp_pool_size: int = 4
 
     # Webhook and internal-alert steps (herald/delivery/url_safety.py). Hosts, IPs or CIDRs listed
     # here may resolve to private/loopback addresses and may use plain http. Env: a JSON list.

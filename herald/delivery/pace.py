@@ -50,7 +50,10 @@ def send_paced(
     deadline = time.monotonic() + budget
     rate = provider.limits.per_second
     if not rate:
-        return hub.send_many(provider, messages, budget + CHUNK_GRACE, deadline=deadline)
+        started = time.monotonic()
+        outcomes = hub.send_many(provider, messages, budget + CHUNK_GRACE, deadline=deadline)
+        observe(provider, len(messages), time.monotonic() - started)
+        return outcomes
     size = max(1, int(rate))
     outcomes: list[SendOutcome] = []
     for start in range(0, len(messages), size):
@@ -62,6 +65,15 @@ def send_paced(
         # A chunk that started may finish after the budget, within the grace.
         outcomes += hub.send_many(provider, part, deadline + CHUNK_GRACE - time.monotonic())
     return outcomes
+
+
+def observe(provider: Provider, count: int, seconds: float) -> None:
+    """Folds one send's throughput into the provider's observed rate (a moving average)."""
+    if count < 10 or seconds <= 0:
+        return  # too small to say anything
+    rate = count / seconds
+    seen = provider.observed_per_second
+    provider.observed_per_second = rate if seen is None else 0.7 * seen + 0.3 * rate
 
 
 def reserve(engine: Engine, channel: str, count: int, per_second: float, now: datetime) -> float:

@@ -122,6 +122,7 @@ def smtp_config(settings: Settings) -> SmtpConfig:
         tls=settings.smtp_tls,
         sender=settings.smtp_sender,
         timeout_seconds=settings.smtp_timeout_seconds,
+        pool_size=settings.smtp_pool_size,
     )
 
 

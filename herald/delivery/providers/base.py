@@ -122,6 +122,9 @@ class Provider:
 
     name: str = "provider"
     limits: ProviderLimits = ProviderLimits()
+    # Messages per second this worker has seen the provider take (set by the send path), so
+    # campaign pages can be sized to what it really carries in a few seconds.
+    observed_per_second: float | None = None
 
     async def send(self, message: OutgoingMessage) -> SendReceipt:
         raise NotImplementedError
