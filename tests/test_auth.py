@@ -159,6 +159,7 @@ def test_readyz_is_open_and_reports_each_dependency(anonymous):
     assert response.json() == {
         "status": "not_ready",
         "checks": {"database": True, "temporal": False},
+        "providers": {},
     }
 
 
