@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from herald.delivery.providers.base import (
     OutgoingMessage,
-    Provider,
     ProviderError,
     ProviderLimits,
     ProviderMisconfigured,
@@ -25,7 +24,7 @@ from herald.delivery.providers.base import (
     SendReceipt,
 )
 from herald.delivery.providers.google_auth import ServiceAccount, ServiceAccountTokens
-from herald.delivery.providers.http_replies import retry_after_seconds
+from herald.delivery.providers.http_replies import HttpProvider, retry_after_seconds
 
 FCM_API = "https://fcm.googleapis.com"
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -119,7 +118,7 @@ class _GoogleError:
         return self.fcm_code == "INVALID_ARGUMENT" and not self.bad_fields
 
 
-class FcmProvider(Provider):
+class FcmProvider(HttpProvider):
     name = "fcm"
 
     def __init__(self, config: FcmConfig, *, clock: Callable[[], float] = time.time):
@@ -127,13 +126,10 @@ class FcmProvider(Provider):
         self.limits = ProviderLimits(concurrency=config.concurrency, per_second=config.per_second)
         account = config.service_account()
         self.project_id = config.project_id or account.project_id
-        self._client: httpx.AsyncClient | None = None
         self._tokens = ServiceAccountTokens(account, FcmConfig.scope, self._http, clock=clock)
 
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.config.timeout_seconds)
-        return self._client
+    def new_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(timeout=self.config.timeout_seconds)
 
     async def send(self, message: OutgoingMessage) -> SendReceipt:
         # Each device once, in the profile's order, however often the token was stored.
@@ -153,11 +149,6 @@ class FcmProvider(Provider):
         is live. That is all it proves. messages:send documents `validate_only`, but a dry run
         still needs a real device token, and a check has none to hand."""
         await self._tokens.renew()
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
 
     async def _send_to(self, token: str, message: OutgoingMessage) -> _TokenOutcome:
         body = _fcm_message(token, message)

@@ -1,10 +1,13 @@
-"""Reading an HTTP provider's reply: how long it asked us to wait, and a body of bounded size."""
+"""What HTTP providers share: their client's life cycle, how long a reply asked us to wait, and
+reading a body of bounded size."""
 
 import math
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import httpx
+
+from herald.delivery.providers.base import Provider
 
 
 def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -43,3 +46,23 @@ async def read_at_most(response: httpx.Response, limit: int) -> tuple[bytes, boo
         if size >= limit:
             return b"".join(chunks)[:limit], True
     return b"".join(chunks), False
+
+
+class HttpProvider(Provider):
+    """A provider that speaks HTTP: one keep-alive client per instance, made on first use (on
+    the loop that sends, the provider hub's) and closed by `aclose`."""
+
+    _client: httpx.AsyncClient | None = None
+
+    def new_client(self) -> httpx.AsyncClient:
+        raise NotImplementedError
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = self.new_client()
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None

@@ -39,7 +39,6 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from herald.delivery.html_text import html_to_text
 from herald.delivery.providers.base import (
     OutgoingMessage,
-    Provider,
     ProviderError,
     ProviderLimits,
     ProviderMisconfigured,
@@ -49,7 +48,7 @@ from herald.delivery.providers.base import (
     SendReceipt,
     not_started,
 )
-from herald.delivery.providers.http_replies import retry_after_seconds
+from herald.delivery.providers.http_replies import HttpProvider, retry_after_seconds
 
 MAX_BATCH_MESSAGES = 500  # Postmark: at most 500 messages per batch call...
 MAX_BATCH_BYTES = 50 * 1000 * 1000  # ...and 50 MB per call, attachments included
@@ -91,13 +90,12 @@ class PostmarkConfig(BaseModel):
     per_second: float | None = Field(default=None, gt=0)
 
 
-class PostmarkProvider(Provider):
+class PostmarkProvider(HttpProvider):
     name = "postmark"
 
     def __init__(self, config: PostmarkConfig):
         self.config = config
         self.limits = ProviderLimits(concurrency=config.concurrency, per_second=config.per_second)
-        self._client: httpx.AsyncClient | None = None
 
     async def send(self, message: OutgoingMessage) -> SendReceipt:
         [outcome] = await self.send_many([message])
@@ -176,23 +174,16 @@ class PostmarkProvider(Provider):
             raise ProviderMisconfigured(f"Postmark refused GET /server: {error.detail}")
         raise error
 
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                base_url=self.config.base_url,
-                timeout=self.config.timeout_seconds,
-                follow_redirects=False,
-                headers={
-                    "Accept": "application/json",
-                    "X-Postmark-Server-Token": self.config.server_token.get_secret_value(),
-                },
-            )
-        return self._client
+    def new_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.config.base_url,
+            timeout=self.config.timeout_seconds,
+            follow_redirects=False,
+            headers={
+                "Accept": "application/json",
+                "X-Postmark-Server-Token": self.config.server_token.get_secret_value(),
+            },
+        )
 
     async def _send_batch(self, items: list[bytes]) -> list[SendOutcome]:
         body = b"[" + b",".join(items) + b"]"

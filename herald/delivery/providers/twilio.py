@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from herald.delivery.providers.base import (
     OutgoingMessage,
-    Provider,
     ProviderError,
     ProviderLimits,
     ProviderMisconfigured,
@@ -25,6 +24,7 @@ from herald.delivery.providers.base import (
     ProviderUnavailable,
     SendReceipt,
 )
+from herald.delivery.providers.http_replies import HttpProvider
 from herald.delivery.sms_segments import sms_segments
 from models.enums import Channel
 
@@ -94,23 +94,20 @@ class TwilioConfig(BaseModel):
         return "API key" if self.api_key_sid else "auth token"
 
 
-class TwilioProvider(Provider):
+class TwilioProvider(HttpProvider):
     name = "twilio"
 
     def __init__(self, config: TwilioConfig):
         self.config = config
         self.limits = ProviderLimits(concurrency=config.concurrency, per_second=config.per_second)
-        self._client: httpx.AsyncClient | None = None
 
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                base_url=self.config.base_url.rstrip("/"),
-                auth=httpx.BasicAuth(*self.config.credentials()),
-                timeout=self.config.timeout_seconds,
-                headers={"Accept": "application/json"},
-            )
-        return self._client
+    def new_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.config.base_url.rstrip("/"),
+            auth=httpx.BasicAuth(*self.config.credentials()),
+            timeout=self.config.timeout_seconds,
+            headers={"Accept": "application/json"},
+        )
 
     async def send(self, message: OutgoingMessage) -> SendReceipt:
         form = self.message_form(message)
@@ -176,11 +173,6 @@ class TwilioProvider(Provider):
             raise ProviderMisconfigured(f"{self.config.base_url} did not answer like Twilio")
         if account.get("status") != "active":
             raise ProviderMisconfigured(f"Twilio account {sid} is {account.get('status')}")
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
 
     async def _request(
         self, method: str, path: str, data: dict[str, str] | None = None

@@ -38,7 +38,6 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from herald.core.config import Settings
 from herald.delivery.providers.base import (
     OutgoingMessage,
-    Provider,
     ProviderError,
     ProviderLimits,
     ProviderMisconfigured,
@@ -46,7 +45,7 @@ from herald.delivery.providers.base import (
     ProviderUnavailable,
     SendReceipt,
 )
-from herald.delivery.providers.http_replies import read_at_most, retry_after_seconds
+from herald.delivery.providers.http_replies import HttpProvider, read_at_most, retry_after_seconds
 from herald.delivery.url_safety import UnsafeUrl, check_url
 
 MESSAGE_EVENT = "message.created"  # the payload `type` of a message
@@ -145,7 +144,7 @@ class WebhookProviderConfig(BaseModel):
         return headers
 
 
-class WebhookProvider(Provider):
+class WebhookProvider(HttpProvider):
     """`allow_hosts` and `max_response_bytes` are the operator's webhook settings (see
     `from_settings`); `verify` is httpx's TLS verification (tests pass their CA)."""
 
@@ -167,7 +166,6 @@ class WebhookProvider(Provider):
         self._max_response_bytes = max_response_bytes
         self._verify = verify
         self._clock = clock
-        self._client: httpx.AsyncClient | None = None
 
     @classmethod
     def from_settings(
@@ -216,20 +214,13 @@ class WebhookProvider(Provider):
             raise ProviderMisconfigured(f"the webhook receiver refused the check: {error.detail}")
         raise error
 
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=self.config.timeout_seconds,
-                follow_redirects=False,
-                trust_env=False,  # a proxy would resolve the host again, past the URL check
-                verify=self._verify,
-            )
-        return self._client
+    def new_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            timeout=self.config.timeout_seconds,
+            follow_redirects=False,
+            trust_env=False,  # a proxy would resolve the host again, past the URL check
+            verify=self._verify,
+        )
 
     async def _post(
         self, webhook_id: str, timestamp: int, body: bytes
