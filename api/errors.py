@@ -3,6 +3,7 @@
 `code` and `message` at the top level are also what Segment's SDKs read from an error response.
 """
 
+import math
 from collections.abc import Sequence
 
 from fastapi import FastAPI, Request
@@ -13,6 +14,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from herald.core.errors import (
+    ChannelMisconfigured,
+    ChannelUnavailable,
     Conflict,
     DomainError,
     Invalid,
@@ -66,13 +69,19 @@ _DOMAIN_ANSWERS: tuple[tuple[type[DomainError], int, str], ...] = (
     (Conflict, 409, "conflict"),
     (Locked, 423, "locked"),
     (Unavailable, 503, "temporal_unavailable"),
+    # A message sent now (test send) that the channel's provider could not take.
+    (ChannelUnavailable, 503, "provider_unavailable"),
+    (ChannelMisconfigured, 502, "provider_misconfigured"),
 )
 
 
 def domain_error(exc: DomainError) -> ApiError:
+    headers = None
+    if isinstance(exc, ChannelUnavailable) and exc.retry_after is not None:
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
     for kind, status, code in _DOMAIN_ANSWERS:
         if isinstance(exc, kind):
-            return ApiError(status, code, exc.message, exc.errors)
+            return ApiError(status, code, exc.message, exc.errors, headers)
     return ApiError(400, "refused", exc.message, exc.errors)
 
 

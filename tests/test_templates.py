@@ -63,7 +63,7 @@ def test_a_render_time_error_is_a_template_error():
 @pytest.mark.parametrize(
     ("source", "problem"),
     [
-        ("Hi {% if %}", "missing expression (line 1, column 6)"),
+        ("Hi {% if %}", "missing expression (line 1, column 7)"),
         ("{% unknown_tag %}", "unexpected tag 'unknown_tag'"),
         ("{{ profile.first_name | shout }}", "unknown filter 'shout'"),
         ("{% if profile.vip %}no end", "expected tag endif"),

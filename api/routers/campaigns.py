@@ -6,6 +6,8 @@ unschedule, cancel, in the database and in Temporal) and report.py. This router 
 onto them; their errors become HTTP in api/errors.py.
 """
 
+from functools import partial
+
 from fastapi import APIRouter, Depends, Request, Response, status
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
@@ -24,6 +26,8 @@ from api.pagination import (
 from api.temporal_link import TEMPORAL_HEADER
 from herald.campaigns import editing, lifecycle, report, review_facts, store
 from herald.core.db import session_scope
+from herald.delivery import previews, test_sends
+from herald.delivery.message_trials import campaign_message
 from models.campaign_dto import (
     CampaignCreate,
     CampaignPublic,
@@ -43,6 +47,7 @@ from models.campaign_dto import (
     PathUpdate,
 )
 from models.campaigns import Campaign
+from models.preview_dto import MessagePreview, PreviewIn, TestSendIn, TestSendPublic
 from models.types import utcnow
 
 router = APIRouter(
@@ -226,6 +231,44 @@ def clone_message(
         campaign = _draft(session, campaign_id)
         copy = editing.clone_message(session, campaign, path_id, message_id, body.path_id)
         return store.message_public(copy)
+
+
+@router.post(
+    "/{campaign_id}/messages/{message_id}/test-send",
+    summary="Send the message now to a profile or a raw address, marked test, counted nowhere",
+    description="`profile_id`: render for that profile (and, without `to`, send to its address "
+    "for the channel); `to`: send there (rendered for `profile_id`, or an empty profile). Goes "
+    "through the channel's configured provider, skipping consent and sending policies. The "
+    "answer is the delivery row (`test: true`): `sent`, or `failed` with the provider's reason. "
+    "503 when the provider could not take it now, 502 when it refused Herald's credentials.",
+)
+async def test_send_message(
+    campaign_id: str,
+    message_id: str,
+    body: TestSendIn,
+    engine: EngineDep,
+    settings: SettingsDep,
+) -> TestSendPublic:
+    load = partial(campaign_message, campaign_id=campaign_id, message_id=message_id)
+    return await test_sends.send_test(engine, settings, load, body)
+
+
+@router.post(
+    "/{campaign_id}/messages/{message_id}/preview",
+    summary="Render the message for a profile: subject, HTML, text, SMS segments, warnings",
+    description="A template that does not render is a 422 naming the field, with the line and "
+    "column of the problem.",
+)
+def preview_message(
+    campaign_id: str,
+    message_id: str,
+    engine: EngineDep,
+    settings: SettingsDep,
+    body: PreviewIn = PreviewIn(),  # no body: preview for nobody
+) -> MessagePreview:
+    load = partial(campaign_message, campaign_id=campaign_id, message_id=message_id)
+    with _session(engine) as session:
+        return previews.preview(session, settings, load, body, utcnow())
 
 
 # ---- review and lifecycle -----------------------------------------------------------------------

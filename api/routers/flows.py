@@ -1,16 +1,21 @@
-"""Flows: create, read, rename or change status, replace the definition (versioned), delete.
+"""Flows: create, read, rename or change status, replace the definition (versioned), delete;
+test sends and previews of their message steps.
 
 The rules live in herald/flows/store.py; this router reads requests and pages.
 """
 
+from functools import partial
+
 from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response, status
 from sqlalchemy import select
 
-from api.deps import EngineDep, require_private_key
+from api.deps import EngineDep, SettingsDep, require_private_key
 from api.errors import invalid, not_found
 from api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, keyset_page
 from api.temporal_link import stop_enrollments
 from herald.core.db import session_scope
+from herald.delivery import previews, test_sends
+from herald.delivery.message_trials import flow_message
 from herald.flows import store
 from models.flow_dto import (
     FlowCreate,
@@ -22,6 +27,8 @@ from models.flow_dto import (
     FlowVersionPublic,
 )
 from models.flows import Flow, FlowVersion
+from models.preview_dto import FlowPreviewIn, FlowTestSendIn, MessagePreview, TestSendPublic
+from models.types import utcnow
 
 router = APIRouter(prefix="/v1/flows", tags=["flows"], dependencies=[Depends(require_private_key)])
 
@@ -100,6 +107,40 @@ def get_version(flow_id: str, version: int, engine: EngineDep) -> FlowVersionPub
         if row is None:
             raise not_found("version", f"{flow_id} v{version}")
         return FlowVersionPublic.model_validate(row.model_dump())
+
+
+@router.post(
+    "/{flow_id}/messages/{step_id}/test-send",
+    summary="Send a message step of the current version now, marked test, counted nowhere",
+    description="As for campaign messages (`profile_id` and/or `to`), plus an optional sample "
+    "trigger `event` ({properties, value}) for the templates. 404 for an unknown flow or step, "
+    "422 for a step that is not a message.",
+)
+async def test_send_step(
+    flow_id: str, step_id: str, body: FlowTestSendIn, engine: EngineDep, settings: SettingsDep
+) -> TestSendPublic:
+    load = partial(flow_message, flow_id=flow_id, step_id=step_id, event=body.event, now=utcnow())
+    return await test_sends.send_test(engine, settings, load, body)
+
+
+@router.post(
+    "/{flow_id}/messages/{step_id}/preview",
+    summary="Render a message step for a profile and a sample trigger event",
+    description="Subject, HTML, text, SMS segments and the warnings that apply (SMS segments, a "
+    "marketing email without an unsubscribe link). A template that does not render is a 422 "
+    "naming the field, with the line and column of the problem.",
+)
+def preview_step(
+    flow_id: str,
+    step_id: str,
+    engine: EngineDep,
+    settings: SettingsDep,
+    body: FlowPreviewIn = FlowPreviewIn(),  # no body: preview for nobody
+) -> MessagePreview:
+    now = utcnow()
+    load = partial(flow_message, flow_id=flow_id, step_id=step_id, event=body.event, now=now)
+    with session_scope(engine) as session:
+        return previews.preview(session, settings, load, body, now)
 
 
 @router.delete(

@@ -37,10 +37,10 @@ def engagement_kind(metric_name: str | None) -> str | None:
 def record_engagement(session: Session, items: Iterable[RoutedItem]) -> set[str]:
     """Attributes engagement events to the deliveries their `$delivery_id` names.
 
-    An event counts only for a sent delivery of its own profile; a `$delivery_id` that names no
-    delivery, or another profile's, is ignored. Each (delivery, kind) keeps its earliest event,
-    so routing an event twice, or a later open, changes nothing. Three set-based statements per
-    batch. Returns the profiles whose journey results changed.
+    An event counts only for a sent delivery of its own profile, not a test send; a
+    `$delivery_id` that names no delivery, or another profile's, is ignored. Each (delivery,
+    kind) keeps its earliest event, so routing an event twice, or a later open, changes nothing.
+    Three set-based statements per batch. Returns the profiles whose journey results changed.
     """
     claims = [
         (item, kind, delivery_id)
@@ -66,6 +66,7 @@ def record_engagement(session: Session, items: Iterable[RoutedItem]) -> set[str]
             .where(
                 _delivery.c.id.in_({d for _, _, d in claims}),
                 _delivery.c.status == "sent",
+                _delivery.c.test.is_(False),  # opening a test send is the operator's doing
             )
         )
     }

@@ -149,6 +149,7 @@ def delivery_profiles(
         _delivery.c.run_kind == run_kind,
         _delivery.c.run_id == run_id,
         _delivery.c.status == status,
+        _delivery.c.test.is_(False),  # a test send is nobody's journey
     )
     if step_id is not None:
         stmt = stmt.where(_delivery.c.step_id == step_id)

@@ -93,6 +93,7 @@ def _processed_by_step(run_kind: str, run_id: str) -> Select:
         _delivery.c.run_kind == run_kind,
         _delivery.c.run_id == run_id,
         _delivery.c.status == "sent",
+        _delivery.c.test.is_(False),
     )
     if run_kind == "flow":
         passed = select(_timeline.c.step_id, _timeline.c.profile_id).where(

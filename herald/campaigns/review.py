@@ -174,27 +174,10 @@ def _review_message(facts: ReviewFacts, path: PathFacts, message: MessageFacts) 
         elif where == "content.body":
             rendered_body = text
 
-    if email and message.body.strip() and "unsubscribe" not in message.body.lower():
-        warnings.append(
-            _problem(
-                "no_unsubscribe_link",
-                "content.body",
-                "the email has no unsubscribe link",
-            )
-        )
     if channel == "sms" and message.body.strip():
         counted = sms_segments(rendered_body if rendered_body is not None else message.body)
         out.sms_segments = counted.segments
-        if counted.segments > 1:
-            limit = GSM7_SINGLE if counted.encoding == "GSM-7" else UCS2_SINGLE
-            warnings.append(
-                _problem(
-                    "sms_multiple_segments",
-                    "content.body",
-                    f"the SMS is {counted.units} characters without profile data, more than one "
-                    f"{limit}-character segment: it is billed as {counted.segments} messages",
-                )
-            )
+    warnings.extend(content_warnings(channel, message.body, rendered_body))
     if not message.utm:
         warnings.append(
             _problem(
@@ -203,6 +186,42 @@ def _review_message(facts: ReviewFacts, path: PathFacts, message: MessageFacts) 
                 "UTM tracking is off: clicks will not be attributed to the campaign",
             )
         )
+    return out
+
+
+# The warnings content_warnings gives: previews compute them again for the profile they render.
+CONTENT_WARNINGS = frozenset({"no_unsubscribe_link", "sms_multiple_segments"})
+
+
+def content_warnings(
+    channel: str,
+    body: str,
+    rendered_body: str | None,
+    *,
+    marketing: bool = True,
+    with_profile: bool = False,
+) -> list[ReviewProblem]:
+    """What a message's content deserves a look for, in campaign review and in previews: a
+    marketing email without an unsubscribe link, an SMS over one segment (counted on
+    `rendered_body`, the body rendered without profile data unless `with_profile`)."""
+    out: list[ReviewProblem] = []
+    if channel == "email" and marketing and body.strip() and "unsubscribe" not in body.lower():
+        out.append(
+            _problem("no_unsubscribe_link", "content.body", "the email has no unsubscribe link")
+        )
+    if channel == "sms" and body.strip():
+        counted = sms_segments(rendered_body if rendered_body is not None else body)
+        if counted.segments > 1:
+            limit = GSM7_SINGLE if counted.encoding == "GSM-7" else UCS2_SINGLE
+            data = "with the profile's data" if with_profile else "without profile data"
+            out.append(
+                _problem(
+                    "sms_multiple_segments",
+                    "content.body",
+                    f"the SMS is {counted.units} characters {data}, more than one "
+                    f"{limit}-character segment: it is billed as {counted.segments} messages",
+                )
+            )
     return out
 
 

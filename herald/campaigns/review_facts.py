@@ -22,9 +22,7 @@ from herald.campaigns.snapshot import path_snapshot
 from herald.campaigns.store import LIST_FIELDS, messages_by_path, paths_of
 from herald.segments.membership import segment_clauses
 from models.account import Account
-from models.campaign_dto import (
-    CampaignReview,
-)
+from models.campaign_dto import CampaignReview, MessageReview
 from models.campaigns import Campaign, CampaignMessage, CampaignPath
 from models.lists import ProfileList
 from models.types import utcnow
@@ -99,3 +97,17 @@ def audience_counts(
         first_path_wins = session.scalar(count_of(ordered_query)) or 0
         out[snap.id] = (own, own - first_path_wins)
     return out
+
+
+def message_review(
+    session: Session,
+    campaign: Campaign,
+    message_id: str,
+    *,
+    default_email_sender: str | None,
+    now: datetime,
+) -> MessageReview | None:
+    """The review of one message, as the campaign's review gives it (its path's audience
+    counts and all), or None when the campaign has no such message."""
+    found = review(session, campaign, default_email_sender=default_email_sender, now=now)
+    return next((m for m in found.messages if m.message_id == message_id), None)

@@ -59,7 +59,12 @@ def anything_sent(session: Session, campaign: Campaign) -> bool:
         return True
     processed = select(
         or_(
-            exists().where(Delivery.run_kind == "campaign", Delivery.run_id == campaign.id),
+            # Test sends leave a draft a draft.
+            exists().where(
+                Delivery.run_kind == "campaign",
+                Delivery.run_id == campaign.id,
+                Delivery.test.is_(False),
+            ),
             exists().where(
                 CampaignMessage.campaign_id == campaign.id,
                 CampaignMessage.status.in_((MessageStatus.sending, MessageStatus.sent)),

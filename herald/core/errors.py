@@ -1,5 +1,7 @@
 """Errors every layer shares."""
 
+from typing import Any
+
 
 class PermanentError(Exception):
     """An input no retry can fix: the same call fails the same way on every attempt.
@@ -17,7 +19,7 @@ class PermanentError(Exception):
 class DomainError(Exception):
     """Refused: the message says why, in words an operator can act on."""
 
-    def __init__(self, message: str, errors: list[dict[str, str]] | None = None) -> None:
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.errors = errors or []
@@ -35,6 +37,17 @@ class Invalid(DomainError):
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(f"{field}: {reason}", [{"field": field, "reason": reason}])
         self.field, self.reason = field, reason
+
+
+class InvalidTemplate(Invalid):
+    """A template that does not render: the field, the reason, and where (line and column, from
+    1) in the template when it is known."""
+
+    def __init__(self, field: str, reason: str, line: int | None, column: int | None) -> None:
+        super().__init__(field, reason)
+        if line is not None:
+            self.errors[0].update(line=line, column=column)
+        self.line, self.column = line, column
 
 
 class InvalidDefinition(DomainError):
@@ -60,3 +73,16 @@ class Locked(DomainError):
 
 class Unavailable(DomainError):
     """A service it needs (Temporal) could not be reached; nothing was changed."""
+
+
+class ChannelUnavailable(DomainError):
+    """The channel's provider could not take a message now (timeout, 429, 5xx); nothing was
+    sent. `retry_after`: seconds the provider asked to wait, when it said."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ChannelMisconfigured(DomainError):
+    """The channel's provider refused Herald's credentials or settings; nothing was sent."""

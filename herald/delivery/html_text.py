@@ -7,9 +7,10 @@ HTML would see: links as "text (url)" so they stay usable, a line break per bloc
 """
 
 import re
+from dataclasses import dataclass
 from html.parser import HTMLParser
 
-__all__ = ["html_to_text"]
+__all__ = ["EmailParts", "email_parts", "html_to_text"]
 
 # Elements that start and end on their own line, with a blank line around them...
 _PARAGRAPHS = frozenset(
@@ -194,3 +195,18 @@ def html_to_text(html: str) -> str:
     parser.feed(html)
     parser.close()
     return parser.out.result()
+
+
+@dataclass(frozen=True)
+class EmailParts:
+    html: str | None  # None: the body is plain text, sent as the only part
+    text: str
+
+
+def email_parts(body: str, text: str | None) -> EmailParts:
+    """The MIME parts an email body makes, as every email provider (and preview) builds them: a
+    body starting with a tag is HTML, sent with the given text part or one derived from it; any
+    other body is the text itself, the only part (a text part accompanies HTML only)."""
+    if body.lstrip().startswith("<"):
+        return EmailParts(html=body, text=text or html_to_text(body))
+    return EmailParts(html=None, text=body)

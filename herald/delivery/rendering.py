@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from herald.delivery.providers.base import WhatsAppTemplate
-from herald.delivery.templates import render
+from herald.delivery.templates import TemplateError, render
 from herald.flows.graph import MessageContent
 
 SUBJECT_MAX = 998  # RFC 5322 line limit, and the column's length
@@ -21,8 +21,9 @@ class RenderedContent:
 
 
 def render_content(content: MessageContent, variables: Mapping[str, Any]) -> RenderedContent:
-    """Renders every template of `content`; raises TemplateError for the first that fails."""
-    subject = render(content.subject, variables) if content.subject else None
+    """Renders every template of `content`; raises TemplateError for the first that fails, its
+    `field` naming the template (`content.subject`, `content.whatsapp_template.variables.1`)."""
+    subject = _render("content.subject", content.subject, variables)
     if subject is not None:
         # A line break in a subject would start a new mail header.
         subject = " ".join(subject.split())[:SUBJECT_MAX]
@@ -31,13 +32,23 @@ def render_content(content: MessageContent, variables: Mapping[str, Any]) -> Ren
         template = WhatsAppTemplate(
             content_sid=content.whatsapp_template.content_sid,
             variables={
-                key: render(value, variables)
+                key: _render(f"content.whatsapp_template.variables.{key}", value, variables) or ""
                 for key, value in content.whatsapp_template.variables.items()
             },
         )
     return RenderedContent(
         subject=subject,
-        body=render(content.body, variables),
-        text=render(content.text, variables) if content.text else None,
+        body=_render("content.body", content.body, variables) or "",
+        text=_render("content.text", content.text, variables),
         template=template,
     )
+
+
+def _render(field: str, source: str | None, variables: Mapping[str, Any]) -> str | None:
+    if not source:
+        return None
+    try:
+        return render(source, variables)
+    except TemplateError as exc:
+        exc.field = field
+        raise

@@ -350,7 +350,17 @@ _ENV = _BoundedEnvironment()
 
 
 class TemplateError(PermanentError, ValueError):
-    """A template that cannot be parsed or rendered; the message says where and why."""
+    """A template that cannot be parsed or rendered; the message says where and why.
+
+    `line` and `column` (both from 1, as editors count) locate the problem in the template when
+    Liquid knows it; `field` names the template (`content.subject`, ...) when the caller knows
+    which one it rendered (herald/delivery/rendering.py sets it).
+    """
+
+    def __init__(self, reason: str, line: int | None = None, column: int | None = None) -> None:
+        super().__init__(f"{reason} (line {line}, column {column})" if line else reason)
+        self.reason, self.line, self.column = reason, line, column
+        self.field: str | None = None
 
 
 @lru_cache(maxsize=512)
@@ -364,7 +374,7 @@ def template_problem(source: str) -> str | None:
     try:
         template = _parse(source)
     except LiquidError as exc:
-        return _describe(exc)
+        return str(_error(exc, source))
     unknown = sorted(name for name in template.analyze().filters if name not in _ENV.filters)
     if unknown:
         return f"unknown filter {unknown[0]!r}"
@@ -376,7 +386,7 @@ def render(source: str, variables: Mapping[str, Any]) -> str:
     try:
         return _parse(source).render(**variables)
     except LiquidError as exc:
-        raise TemplateError(_describe(exc)) from exc
+        raise _error(exc, source) from exc
     except (ArithmeticError, ValueError) as exc:
         # Python refusing a value the template computed (a decimal out of range, say): the
         # template's fault, as permanent as a Liquid error, never a crash to retry.
@@ -396,8 +406,16 @@ def template_variables(profile: Mapping[str, Any], context: Mapping[str, Any]) -
     return {**context, "profile": profile_vars}
 
 
-def _describe(exc: LiquidError) -> str:
+def _error(exc: LiquidError, source: str) -> TemplateError:
     # str(exc) draws a caret diagram over several lines: keep the reason and where it is.
     reason = str(exc.message or type(exc).__name__)
-    where = exc.context() if exc.token is not None else None
-    return f"{reason} (line {where[0]}, column {where[1]})" if where else reason
+    if exc.token is None:
+        return TemplateError(reason)
+    where = exc.context()
+    if where is not None:
+        line, column = where[0], where[1] + 1  # Liquid counts columns from 0
+    else:
+        # A block left open ("expected tag endif") is found at the end of the template.
+        lines = source.splitlines() or [""]
+        line, column = len(lines), len(lines[-1]) + 1
+    return TemplateError(reason, line, column)

@@ -27,7 +27,7 @@ def flow_report(session: Session, flow_id: str) -> FlowReport:
     ).all()
     deliveries = session.execute(
         select(d.step_id, d.status, func.count())
-        .where(d.run_kind == "flow", d.run_id == flow_id)
+        .where(d.run_kind == "flow", d.run_id == flow_id, d.test.is_(False))
         .group_by(d.step_id, d.status)
     ).all()
 

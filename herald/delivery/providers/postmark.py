@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from herald.delivery.html_text import html_to_text
+from herald.delivery.html_text import email_parts
 from herald.delivery.providers.base import (
     OutgoingMessage,
     ProviderError,
@@ -140,7 +140,7 @@ class PostmarkProvider(HttpProvider):
         """The Postmark message (the batch API's per-message JSON) for one rendered email."""
         sender = message.sender or self.config.from_email
         name = message.sender_name or (None if message.sender else self.config.from_name)
-        is_html = message.body.lstrip().startswith("<")
+        parts = email_parts(message.body, message.text)
         headers = {k: v for k, v in message.headers.items() if k.lower() not in _FIELD_HEADERS}
         headers = _with_header(headers, "Message-ID", _message_id(message.idempotency_key, sender))
         headers = _with_header(headers, DELIVERY_ID_HEADER, message.delivery_id)
@@ -148,15 +148,15 @@ class PostmarkProvider(HttpProvider):
             "From": formataddr((name, sender)) if name else sender,
             "To": message.to_address,
             "Subject": message.subject or "",
-            "TextBody": message.text or (html_to_text(message.body) if is_html else message.body),
+            "TextBody": parts.text,
             "Headers": [{"Name": k, "Value": v} for k, v in headers.items()],
             "Metadata": {DELIVERY_ID_METADATA: message.delivery_id},
             "MessageStream": self.config.message_stream,
             "TrackOpens": False,  # Herald's own pixel and signed redirects do the tracking
             "TrackLinks": "None",
         }
-        if is_html:
-            email["HtmlBody"] = message.body
+        if parts.html is not None:
+            email["HtmlBody"] = parts.html
         if message.reply_to:
             email["ReplyTo"] = message.reply_to
         return email

@@ -26,7 +26,7 @@ import aiosmtplib
 from aiosmtplib.email import parse_address
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from herald.delivery.html_text import html_to_text
+from herald.delivery.html_text import email_parts
 from herald.delivery.providers.base import (
     OutgoingMessage,
     Provider,
@@ -131,11 +131,10 @@ class SmtpProvider(Provider):
             if name.lower() in _BUILT_HEADERS:
                 raise ValueError(f"header {name} is set from the message's own fields")
             email[name] = value
-        if message.body.lstrip().startswith("<"):
-            email.set_content(message.text or html_to_text(message.body))
-            email.add_alternative(message.body, subtype="html")
-        else:
-            email.set_content(message.body)
+        parts = email_parts(message.body, message.text)
+        email.set_content(parts.text)
+        if parts.html is not None:
+            email.add_alternative(parts.html, subtype="html")
         return email
 
     # Sending
