@@ -156,11 +156,16 @@ def build(provider: str, config: BaseModel | None, settings: Settings) -> Provid
 def resolve(
     session: Session, channel: Channel, settings: Settings
 ) -> tuple[Any, Callable[[], Provider | OutboxProvider]]:
-    """For the provider hub: a stamp that changes when the setting does, and a factory."""
+    """For the provider hub: a stamp that changes when the setting does, and a factory that
+    decrypts and validates the config only when the hub has no provider for that stamp."""
     row = session.get(ChannelProviderSetting, channel.value)
-    stamp = None if row is None else (row.provider, row.updated_at)
-    name, config, _ = current(session, channel, settings)
-    return stamp, lambda: build(name, config, settings)
+    if row is None:
+        env = environment_config(channel, settings)
+        return None, lambda: build(*(env or (OUTBOX, None)), settings)
+    provider, stored = row.provider, dict(row.config)
+    return (provider, row.updated_at), lambda: build(
+        provider, _loaded(KINDS[provider], stored, settings), settings
+    )
 
 
 def describe(session: Session, settings: Settings) -> list[ProviderSettingPublic]:
