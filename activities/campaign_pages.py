@@ -33,6 +33,7 @@ Differences from the per-message `deliver` activity, by design:
 """
 
 from collections import Counter
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -41,6 +42,7 @@ import structlog
 from sqlalchemy import (
     String,
     and_,
+    bindparam,
     cast,
     false,
     func,
@@ -90,6 +92,7 @@ from herald.delivery.policy import (
 from herald.delivery.provider_hub import AnyProvider
 from herald.delivery.providers.base import OutgoingMessage
 from herald.delivery.rendering import render_content
+from herald.delivery.send_path import claim_is_stale, wait_for_claim
 from herald.delivery.sms_segments import SEGMENTED_CHANNELS, sms_segments
 from herald.delivery.templates import TemplateError, template_variables
 from herald.profiles.consent import address_for
@@ -181,6 +184,7 @@ class PageSender:
         condition,
         provider: AnyProvider,
         wanted: int,
+        claimed_at: datetime,
     ) -> tuple[PageResult, list[OutgoingMessage]]:
         """The page's outcome so far, and the messages claimed for an external provider, which
         the caller sends after this transaction commits (herald/delivery/send_path.py)."""
@@ -211,11 +215,15 @@ class PageSender:
         facts = _PageFacts(message, account, fallback, now)
         for row in rows:
             if row.prior_status == DeliveryStatus.sending:
-                # An earlier attempt claimed it and died before recording the provider's answer.
-                if resend is Guarantee.at_least_once:
+                # Claimed, never recorded. A young claim's attempt may still be sending: wait.
+                if not claim_is_stale(row.prior_claimed_at, claimed_at):
+                    raise wait_for_claim(row.prior_claimed_at, claimed_at)
+                # Its attempt is gone: resend (if still allowed) or leave it unknown.
+                blocked = decide(_allowed_now(facts.of(row)), QuietHours.skip).skip
+                if resend is Guarantee.at_least_once and blocked is None:
                     candidates.append(row)
                 else:
-                    unknown.append(row.prior_id)
+                    unknown.append((row.prior_id, blocked))
                     page.count(DeliveryStatus.unknown, None)
                 continue
             if row.prior_status is not None:
@@ -239,8 +247,12 @@ class PageSender:
             log.warning("delivery outcomes unknown", campaign=campaign_id, count=len(unknown))
             session.execute(
                 update(_delivery)
-                .where(_delivery.c.id.in_(unknown), _delivery.c.status == DeliveryStatus.sending)
-                .values(status=DeliveryStatus.unknown)
+                .where(
+                    _delivery.c.id == bindparam("b_id"),
+                    _delivery.c.status == DeliveryStatus.sending,
+                )
+                .values(status=DeliveryStatus.unknown, reason=bindparam("b_reason")),
+                [{"b_id": i, "b_reason": None if r is None else str(r)} for i, r in unknown],
             )
         external = not isinstance(provider, OutboxProvider)
         outgoing: list[tuple[dict[str, Any], str]] = []  # (delivery row, body)
@@ -252,11 +264,12 @@ class PageSender:
                 rendered = render_content(content, variables)
             except TemplateError as exc:
                 log.warning("template error", campaign=campaign_id, error=str(exc))
-                deliveries.append(
-                    self._row(
-                        req, message, row.id, DeliveryStatus.failed, FailReason.template_error, now
-                    )
+                failed = self._row(
+                    req, message, row.id, DeliveryStatus.failed, FailReason.template_error, now
                 )
+                if row.prior_id is not None:  # a dead attempt's claim: it fails in place
+                    failed.update(id=row.prior_id, resend=True)
+                deliveries.append(failed)
                 continue
             address = address_for(row, channel)
             status = DeliveryStatus.sending if external else DeliveryStatus.sent
@@ -267,6 +280,7 @@ class PageSender:
                 push_tokens=tuple(address) if isinstance(address, list) else (),
                 subject=rendered.subject,
                 sent_at=now,
+                claimed_at=claimed_at if external else None,
                 rendered=rendered,
             )
             if channel in SEGMENTED_CHANNELS:
@@ -327,6 +341,7 @@ class PageSender:
                 _consent.c.status.label("consent"),
                 prior.c.id.label("prior_id"),
                 prior.c.status.label("prior_status"),
+                prior.c.claimed_at.label("prior_claimed_at"),
                 prior.c.reason.label("prior_reason"),
                 exited.label("exited"),
                 converted.label("converted"),
@@ -452,6 +467,7 @@ class PageSender:
             "sent_at": None,
             "segments": None,
             "test": False,
+            "claimed_at": None,
         }
 
     def _record(
@@ -491,12 +507,29 @@ class PageSender:
                     " concurrent attempt; retrying reports their outcome",
                     type="ConcurrentPage",
                 )
-        resent = [row["id"] for row in deliveries if row.get("resend")]
-        if resent:
+        resent = [row for row in deliveries if row.get("resend")]
+        if resent:  # a dead attempt's claims, taken over by this attempt
             session.execute(
                 update(_delivery)
-                .where(_delivery.c.id.in_(resent))
-                .values(sent_at=req.now, provider=provider.name)
+                .where(_delivery.c.id == bindparam("b_id"))
+                .values(
+                    status=bindparam("b_status"),
+                    reason=bindparam("b_reason"),
+                    provider=bindparam("b_provider"),
+                    sent_at=bindparam("b_sent_at", type_=_delivery.c.sent_at.type),
+                    claimed_at=bindparam("b_claimed_at", type_=_delivery.c.claimed_at.type),
+                ),
+                [
+                    {
+                        "b_id": row["id"],
+                        "b_status": row["status"],
+                        "b_reason": row["reason"],
+                        "b_provider": row["provider"],
+                        "b_sent_at": row["sent_at"],
+                        "b_claimed_at": row["claimed_at"],
+                    }
+                    for row in resent
+                ],
             )
         if isinstance(provider, OutboxProvider):
             self._to_outbox(session, req, message, outgoing)
@@ -595,6 +628,12 @@ class PageSender:
 
 
 _NOT_COLUMNS = ("push_tokens", "resend", "rendered")
+
+
+def _allowed_now(facts: Facts) -> Facts:
+    """What a resend of a dead attempt's claim re-checks: whether sending is still allowed.
+    Smart sending, caps and quiet hours were passed when the message was first claimed."""
+    return replace(facts, recently_messaged=False, cap_reached=False, quiet_hours_end=None)
 
 
 def _columns(row: dict[str, Any]) -> dict[str, Any]:

@@ -48,7 +48,12 @@ from herald.delivery.policy import (
 from herald.delivery.provider_hub import AnyProvider, ProviderHub
 from herald.delivery.providers.base import OutgoingMessage, Provider, ProviderRejected
 from herald.delivery.rendering import render_content
-from herald.delivery.send_path import PROVIDER_UNAVAILABLE, record
+from herald.delivery.send_path import (
+    PROVIDER_UNAVAILABLE,
+    claim_is_stale,
+    record,
+    wait_for_claim,
+)
 from herald.delivery.sms_segments import SEGMENTED_CHANNELS, sms_segments
 from herald.delivery.templates import TemplateError, template_variables
 from herald.flows.conditions import ConditionUnavailable, profile_matches
@@ -61,14 +66,13 @@ from models.delivery_dto import DeliveryRequest, DeliveryResult
 from models.enums import ConsentStatus, DeliveryStatus, EnrollmentStatus, Guarantee
 from models.flows import FlowEnrollment
 from models.profile import Consent, Profile
+from models.types import utcnow
 
 log = structlog.get_logger("herald.delivery")
 
 # One message: it starts within this (a paced channel may wait for its slot) and ends within
 # herald/delivery/pace.py CHUNK_GRACE after, inside the activity's 30 s start-to-close timeout.
 SEND_TIMEOUT_SECONDS = 15.0
-# Claimed by an attempt that never recorded the answer (herald/delivery/send_path.py).
-IN_FLIGHT = (DeliveryStatus.sending, DeliveryStatus.unknown)
 # Smart sending and caps count what may have reached the recipient, not only what surely did.
 COUNTS_AS_SENT = (DeliveryStatus.sent, DeliveryStatus.sending, DeliveryStatus.unknown)
 
@@ -114,11 +118,13 @@ class DeliveryActivities(DeliveryActivitiesContract):
         providers: Mapping[str, AnyProvider] | None = None,
         hub: ProviderHub | None = None,
         clock: Callable[[], datetime] = activity_now,
+        wall: Callable[[], datetime] = utcnow,
     ):
         self.engine = engine
         self.settings = settings
         self.hub = hub or ProviderHub(settings, fixed=providers)
-        self.clock = clock
+        self.clock = clock  # the policies' time (simulated under the time-skipping server)
+        self.wall = wall  # real time, for claims: how long an attempt lives is real
 
     @activity.defn(name="deliver")
     def deliver(self, request: DeliveryRequest) -> DeliveryResult:
@@ -145,7 +151,7 @@ class DeliveryActivities(DeliveryActivitiesContract):
                 recorded = recorded_result(session, request.idempotency_key)
             if recorded is None:
                 raise
-            if recorded.status in IN_FLIGHT:
+            if recorded.status == DeliveryStatus.sending:
                 raise ApplicationError(
                     "another attempt is sending this message; asking again for its outcome",
                     type=PROVIDER_UNAVAILABLE,
@@ -153,9 +159,9 @@ class DeliveryActivities(DeliveryActivitiesContract):
             return recorded
 
     def _deliver(self, request: DeliveryRequest) -> DeliveryResult:
-        now = self.clock()
+        now, claimed_at = self.clock(), self.wall()
         with session_scope(self.engine) as session:
-            step = self._claim(session, request, now)
+            step = self._claim(session, request, now, claimed_at)
         if isinstance(step, DeliveryResult):
             return step
         # The claim is committed; the provider is called with no transaction open.
@@ -164,7 +170,7 @@ class DeliveryActivities(DeliveryActivitiesContract):
             self.engine, self.hub, provider, request.channel, [message], SEND_TIMEOUT_SECONDS
         )
         with session_scope(self.engine) as session:
-            recorded = record(session, request.channel, [message], [outcome], now)
+            recorded = record(session, request.channel, [message], [outcome], now, claimed_at)
         recorded.raise_for_retry()
         return DeliveryResult(
             status=recorded.outcomes[message.delivery_id],
@@ -173,23 +179,28 @@ class DeliveryActivities(DeliveryActivitiesContract):
         )
 
     def _claim(
-        self, session: Session, request: DeliveryRequest, now: datetime
+        self, session: Session, request: DeliveryRequest, now: datetime, claimed_at: datetime
     ) -> DeliveryResult | tuple[Provider, OutgoingMessage]:
         """Decides, renders and claims (send path step 1), or answers at once: an outcome
         recorded earlier, a skip, a hold, a template error, or a message the outbox took in
         this very transaction."""
         prior = recorded_row(session, request.idempotency_key)
         account = session.get(Account, 1) or Account()
-        if prior is not None and prior.status not in IN_FLIGHT:
+        if prior is not None and prior.status != DeliveryStatus.sending:
             return result_of(prior)
         profile = session.get(Profile, request.profile_id)
         if prior is not None:
-            # A dead attempt's claim: the channel's guarantee says resend or leave it unknown.
+            # Claimed and never recorded. A young claim's attempt may still be sending: wait.
+            if not claim_is_stale(prior.claimed_at, claimed_at):
+                raise wait_for_claim(prior.claimed_at, claimed_at)
+            # Its attempt is gone: the channel's guarantee says resend or leave it unknown, and
+            # a resend still has to be allowed now (exit, consent, filters, segment).
             chosen = guarantee_for(
                 account.delivery_guarantees, request.channel, request.transactional
             )
-            if chosen is Guarantee.at_most_once or profile is None:
-                prior.status = DeliveryStatus.unknown
+            blocked = decide(ResendFacts(session, request, account, profile, now), QuietHours.skip)
+            if chosen is Guarantee.at_most_once or blocked.skip is not None:
+                prior.status, prior.reason = DeliveryStatus.unknown, blocked.skip
                 session.add(prior)
                 log.warning("delivery outcome unknown", key=request.idempotency_key)
                 return result_of(prior)
@@ -201,7 +212,7 @@ class DeliveryActivities(DeliveryActivitiesContract):
                 # Nothing recorded: the workflow sleeps and asks again with the same key.
                 return DeliveryResult(status=DeliveryStatus.held, hold_until=decision.hold_until)
         assert profile is not None  # decide() skips a deleted profile
-        return self._render_and_claim(session, request, profile, prior, now)
+        return self._render_and_claim(session, request, profile, prior, now, claimed_at)
 
     def _render_and_claim(
         self,
@@ -210,6 +221,7 @@ class DeliveryActivities(DeliveryActivitiesContract):
         profile: Profile,
         prior: Delivery | None,
         now: datetime,
+        claimed_at: datetime,
     ) -> DeliveryResult | tuple[Provider, OutgoingMessage]:
         variables = template_variables(profile.model_dump(), request.context)
         try:
@@ -235,6 +247,7 @@ class DeliveryActivities(DeliveryActivitiesContract):
             provider.name,
             now,
         )
+        delivery.claimed_at = claimed_at
         delivery.to_address, delivery.subject = to_address, rendered.subject
         if request.channel in SEGMENTED_CHANNELS:
             delivery.segments = sms_segments(rendered.body).segments
@@ -269,6 +282,21 @@ class DeliveryActivities(DeliveryActivitiesContract):
             delivery.status = DeliveryStatus.sent
             return result_of(delivery)
         return provider, message
+
+
+class ResendFacts:
+    """What a resend of a dead attempt's claim re-checks: whether sending is still allowed.
+    Smart sending, caps and quiet hours were passed when the message was first claimed."""
+
+    recently_messaged = False
+    cap_reached = False
+    quiet_hours_end = None
+
+    def __init__(self, *args: Any) -> None:
+        self._facts = FlowFacts(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._facts, name)
 
 
 class FlowFacts:

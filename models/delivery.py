@@ -44,6 +44,9 @@ class Delivery(SQLModel, table=True):
     segments: int | None = Field(default=None)
     # A test send: marked, and counted by no report, smart sending, cap or exit.
     test: bool = Field(default=False)
+    # Wall time the current attempt claimed the row (`sending`): a retry leaves a younger claim
+    # to its attempt, and an attempt records only onto its own claim (herald/delivery/send_path.py).
+    claimed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class OutboxMessage(SQLModel, table=True):

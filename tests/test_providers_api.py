@@ -160,3 +160,16 @@ def test_a_whatsapp_flow_message_needs_an_approved_template(api):
     created = api.post("/v1/flows", json=body)
     assert created.status_code == 201, created.text
     api.delete(f"/v1/flows/{created.json()['id']}")
+
+
+def test_saved_secrets_are_not_sent_to_a_new_host(api, twilio):
+    api.put("/v1/providers/sms", json={"provider": "twilio", "config": twilio_config(twilio)})
+    elsewhere = {
+        k: v
+        for k, v in twilio_config(twilio, base_url="http://127.0.0.1:9").items()
+        if k != "auth_token"
+    }
+    response = api.put("/v1/providers/sms", json={"provider": "twilio", "config": elsewhere})
+    assert response.status_code == 422
+    assert "auth_token" in response.text  # asked for again, not reused for the new host
+    assert api.get("/v1/providers/sms").json()["config"]["base_url"] == twilio.url

@@ -3,7 +3,7 @@ leave `sending` rows that the retry resolves by the channel's guarantee; transie
 misconfigured providers release their claims for a retry."""
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -26,7 +26,9 @@ from herald.delivery.providers.base import (
     SendReceipt,
 )
 from herald.delivery.send_path import PROVIDER_MISCONFIGURED, PROVIDER_UNAVAILABLE
-from models.enums import Channel
+from herald.profiles.consent import set_consent
+from models.enums import Channel, ConsentStatus
+from models.profile import Profile
 from models.providers import ChannelProviderSetting
 from tests import test_campaign_activities as pages
 from tests.test_delivery import Clock, campaign, make_profile, texter
@@ -61,10 +63,13 @@ class ScriptedProvider(Provider):
         return None
 
 
-def deliver_with(db, clock, provider: Provider, channel: str = "email"):
+def deliver_with(db, clock, provider: Provider, channel: str = "email", wall=None):
     return DeliveryActivities(
-        db.engine, Settings(), providers={channel: provider}, clock=clock
+        db.engine, Settings(), providers={channel: provider}, clock=clock, wall=wall or clock
     ).deliver
+
+
+LATER = timedelta(seconds=60)  # past STALE_CLAIM: the claiming attempt is surely gone
 
 
 def rows(db, key: str | None = None) -> list[Any]:
@@ -180,10 +185,6 @@ def test_dead_push_tokens_are_removed_from_the_profile(db, account, clock):
             text("UPDATE profile SET push_tokens = :t WHERE id = :p"),
             {"t": '["tok-a", "tok-b"]', "p": ada},
         )
-    from herald.profiles.consent import set_consent
-    from models.enums import ConsentStatus
-    from models.profile import Profile
-
     with session_scope(db.engine) as session:
         set_consent(session, session.get(Profile, ada), Channel.push, ConsentStatus.subscribed, "t")
     provider = ScriptedProvider(SendReceipt("pm-1", dead_tokens=("tok-a",)))
@@ -222,11 +223,43 @@ def test_a_misconfigured_provider_is_reported_once_and_sends_nothing(db, account
 
 
 def _claim_only(db, clock, provider, request) -> None:
-    """Step 1 of the send path, committed, as a worker that then died would leave it."""
+    """Step 1 of the send path, committed, as a worker that then died would leave it; the
+    clock then moves past STALE_CLAIM."""
     acts = DeliveryActivities(db.engine, Settings(), providers={"email": provider}, clock=clock)
     with session_scope(db.engine) as session:
-        claimed = acts._claim(session, request, clock())
+        claimed = acts._claim(session, request, clock(), clock())
     assert isinstance(claimed, tuple)
+    clock.now += LATER
+
+
+def test_a_young_claim_is_left_to_its_attempt(db, account, clock):
+    ada = make_profile(db)
+    request = campaign(ada)
+    provider = ScriptedProvider()
+    acts = DeliveryActivities(db.engine, Settings(), providers={"email": provider}, clock=clock)
+    with session_scope(db.engine) as session:
+        acts._claim(session, request, clock(), clock())
+    clock.now += timedelta(seconds=5)  # the claiming attempt may still be sending
+    with pytest.raises(ApplicationError) as raised:
+        deliver_with(db, clock, provider)(request)
+    assert raised.value.type == PROVIDER_UNAVAILABLE
+    assert raised.value.next_retry_delay == timedelta(seconds=40)
+    assert provider.sent == [] and [r.status for r in rows(db)] == ["sending"]
+
+
+def test_a_resend_is_re_checked_and_not_sent_to_an_unsubscribed_profile(db, account, clock):
+    account(delivery_guarantees={"email": {"marketing": "at_least_once"}})
+    ada = make_profile(db)
+    request = campaign(ada)
+    provider = ScriptedProvider()
+    _claim_only(db, clock, provider, request)
+    with session_scope(db.engine) as session:
+        set_consent(
+            session, session.get(Profile, ada), Channel.email, ConsentStatus.unsubscribed, "t"
+        )
+    result = deliver_with(db, clock, provider)(request)
+    assert (result.status, result.reason) == ("unknown", "no_consent")
+    assert provider.sent == []
 
 
 def test_marketing_left_sending_becomes_unknown_and_is_not_resent(db, account, clock):
@@ -282,8 +315,11 @@ def test_a_campaign_page_resolves_claims_a_dead_attempt_left(db, account, guaran
     req = pages.page_request(pages.campaign(db, [p]), p)
     message = p.messages[0]
     condition = _audience(db.engine, req.settings, req.path, req.all_paths)
+    dead_attempt = datetime.now(UTC) - timedelta(seconds=60)
     with session_scope(db.engine) as session:  # the dead attempt: claimed, never sent
-        _, pending = PageSender().send(session, req, message, condition, provider, 1000)
+        _, pending = PageSender().send(
+            session, req, message, condition, provider, 1000, dead_attempt
+        )
     assert len(pending) == 4 and provider.sent == []
     result = acts.send_page(req)
     if guarantee == "at_most_once":
@@ -304,10 +340,13 @@ def test_a_campaign_page_resolves_claims_a_dead_attempt_left(db, account, guaran
 def test_reserved_slots_follow_each_other_at_the_providers_rate(db):
     now = Clock()()
     try:
-        waits = [reserve(db.engine, "sms", 2, 2.0, now) for _ in range(3)]
+        waits = [reserve(db.engine, "sms", 2, 2.0, now, within=10) for _ in range(3)]
         assert waits == [0.0, 1.0, 2.0]  # 2 messages at 2/s: one second per reservation
+        # A slot past the caller's deadline is not taken, and does not push the queue back.
+        assert reserve(db.engine, "sms", 2, 2.0, now, within=2.5) is None
+        assert reserve(db.engine, "sms", 2, 2.0, now, within=10) == 3.0
         later = now + timedelta(seconds=10)
-        assert reserve(db.engine, "sms", 1, 2.0, later) == 0.0  # idle: no debt carried
+        assert reserve(db.engine, "sms", 1, 2.0, later, within=10) == 0.0  # idle: no debt
     finally:
         db.execute("DELETE FROM provider_pace")
 
@@ -338,3 +377,18 @@ def test_no_chunk_starts_after_the_budget_and_the_rest_is_released(db, account):
         db.execute("DELETE FROM provider_pace")
     assert [type(o).__name__ for o in outcomes] == ["SendReceipt"] * 2 + ["ProviderUnavailable"] * 3
     assert len(provider.sent) == 2
+
+
+def test_a_page_leaves_a_young_claim_to_its_attempt(db, account):
+    ids = pages.profiles(db, 2)
+    provider = ScriptedProvider()
+    acts = CampaignActivities(db.engine, Settings(), providers={"email": provider})
+    p = pages.path(pages.make_list(db, *ids))
+    req = pages.page_request(pages.campaign(db, [p]), p)
+    condition = _audience(db.engine, req.settings, req.path, req.all_paths)
+    with session_scope(db.engine) as session:
+        PageSender().send(session, req, p.messages[0], condition, provider, 1000, datetime.now(UTC))
+    with pytest.raises(ApplicationError) as raised:
+        acts.send_page(req)
+    assert raised.value.type == PROVIDER_UNAVAILABLE
+    assert provider.sent == [] and {r.status for r in rows(db)} == {"sending"}

@@ -52,17 +52,18 @@ class CheckResult(BaseModel):
     detail: str | None = None
 
 
-async def _check(provider: Provider) -> str | None:
-    """None when the provider accepted the credentials; otherwise what went wrong."""
+async def _check(provider: Provider) -> tuple[str | None, bool]:
+    """(None, False) when the provider accepted the credentials; otherwise what went wrong,
+    and whether the provider refused them (rather than could not be asked)."""
     try:
         await asyncio.wait_for(provider.check(), CHECK_TIMEOUT_SECONDS)
-        return None
+        return None, False
     except ProviderMisconfigured as exc:
-        return f"{provider.name} refused the credentials: {exc.detail}"
+        return f"{provider.name} refused the credentials: {exc.detail}", True
     except ProviderUnavailable as exc:
-        return f"could not reach {provider.name}: {exc.detail}"
+        return f"could not reach {provider.name}: {exc.detail}", False
     except TimeoutError:
-        return f"{provider.name} did not answer within {CHECK_TIMEOUT_SECONDS:.0f} s"
+        return f"{provider.name} did not answer within {CHECK_TIMEOUT_SECONDS:.0f} s", False
     finally:
         await provider.aclose()
 
@@ -108,7 +109,7 @@ async def put_provider(
         if body.check:
             provider = build(body.provider, config, settings)
             assert isinstance(provider, Provider)
-            problem = await _check(provider)
+            problem, _ = await _check(provider)
             if problem is not None:
                 raise Invalid("config", problem)
     elif body.config:
@@ -151,11 +152,12 @@ async def check_provider(channel: Channel, engine: EngineDep, settings: Settings
         return CheckResult(
             ok=True, provider=name, detail="the embedded outbox needs no credentials"
         )
-    problem = await _check(provider)
+    problem, refused = await _check(provider)
 
     def record() -> None:
         with session_scope(engine) as session:
-            mark_channel(session, channel, problem, utcnow())
+            mark_channel(session, channel, problem if refused else None, utcnow())
 
-    await run_in_threadpool(record)
+    if problem is None or refused:  # an unreachable provider says nothing of the credentials
+        await run_in_threadpool(record)
     return CheckResult(ok=problem is None, provider=name, detail=problem)

@@ -50,16 +50,13 @@ def send_paced(
     deadline = time.monotonic() + budget
     rate = provider.limits.per_second
     if not rate:
-        started = time.monotonic()
-        outcomes = hub.send_many(provider, messages, budget + CHUNK_GRACE, deadline=deadline)
-        observe(provider, len(messages), time.monotonic() - started)
-        return outcomes
+        return hub.send_many(provider, messages, budget + CHUNK_GRACE, deadline=deadline)
     size = max(1, int(rate))
     outcomes: list[SendOutcome] = []
     for start in range(0, len(messages), size):
         part = messages[start : start + size]
-        wait = reserve(engine, channel, len(part), rate, utcnow())
-        if wait >= deadline - time.monotonic():
+        wait = reserve(engine, channel, len(part), rate, utcnow(), deadline - time.monotonic())
+        if wait is None:
             return outcomes + [not_started() for _ in messages[start:]]
         time.sleep(wait)
         # A chunk that started may finish after the budget, within the grace.
@@ -67,24 +64,20 @@ def send_paced(
     return outcomes
 
 
-def observe(provider: Provider, count: int, seconds: float) -> None:
-    """Folds one send's throughput into the provider's observed rate (a moving average)."""
-    if count < 10 or seconds <= 0:
-        return  # too small to say anything
-    rate = count / seconds
-    seen = provider.observed_per_second
-    provider.observed_per_second = rate if seen is None else 0.7 * seen + 0.3 * rate
-
-
-def reserve(engine: Engine, channel: str, count: int, per_second: float, now: datetime) -> float:
-    """Reserves the next slot for `count` messages; returns how many seconds to wait for it."""
+def reserve(
+    engine: Engine, channel: str, count: int, per_second: float, now: datetime, within: float
+) -> float | None:
+    """Reserves the next slot for `count` messages if it starts within `within` seconds;
+    returns how long to wait for it, or None (nothing reserved: the queue is longer)."""
     try:
-        return _reserve(engine, channel, count, per_second, now)
+        return _reserve(engine, channel, count, per_second, now, within)
     except IntegrityError:  # another worker created the row first: reserve on it
-        return _reserve(engine, channel, count, per_second, now)
+        return _reserve(engine, channel, count, per_second, now, within)
 
 
-def _reserve(engine: Engine, channel: str, count: int, per_second: float, now: datetime) -> float:
+def _reserve(
+    engine: Engine, channel: str, count: int, per_second: float, now: datetime, within: float
+) -> float | None:
     with session_scope(engine) as session:
         row = session.execute(
             select(ProviderPace).where(ProviderPace.channel == channel).with_for_update()
@@ -92,6 +85,9 @@ def _reserve(engine: Engine, channel: str, count: int, per_second: float, now: d
         if row is None:
             row = ProviderPace(channel=channel, next_at=now)
         start = max(now, row.next_at)
+        wait = (start - now).total_seconds()
+        if wait >= within:
+            return None  # a slot nobody would use must not push everyone after it back
         row.next_at = start + timedelta(seconds=count / per_second)
         session.add(row)
-    return (start - now).total_seconds()
+    return wait

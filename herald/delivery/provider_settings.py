@@ -64,7 +64,7 @@ def parse_config(
     """Validates a config; secrets left out are kept from `keep` (the saved config of the same
     provider), so changing a limit does not mean pasting the token again."""
     merged = dict(config)
-    if keep is not None:
+    if keep is not None and _same_endpoint(keep, merged):
         for name in kind.secret_fields():
             if name not in merged and getattr(keep, name) is not None:
                 merged[name] = getattr(keep, name).get_secret_value()
@@ -81,6 +81,20 @@ def parse_config(
                 for error in exc.errors()
             ],
         ) from exc
+
+
+# Where a provider's credentials are sent: changing any of these needs the secrets again, or a
+# caller with an API key could point the saved credentials at a host of their own.
+_ENDPOINT_FIELDS = ("host", "port", "base_url", "url", "account_sid", "service_account_json")
+
+
+def _same_endpoint(saved: BaseModel, config: dict[str, Any]) -> bool:
+    current = saved.model_dump(mode="json")
+    return all(
+        name not in config or config[name] == current.get(name)
+        for name in _ENDPOINT_FIELDS
+        if name in current
+    )
 
 
 def _stored(kind: ProviderKind, config: BaseModel, settings: Settings) -> dict[str, Any]:

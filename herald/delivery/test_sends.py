@@ -172,6 +172,7 @@ def _delivery_row(trial: TrialMessage, profile: Profile | None, provider: str, t
         to_address=to,
         created_at=now,
         sent_at=now,
+        claimed_at=now,
         test=True,
     )
 
@@ -217,7 +218,10 @@ def _record(
     engine: Engine, channel: Channel, message: OutgoingMessage, outcome: SendOutcome
 ) -> None:
     with session_scope(engine) as session:
-        record(session, channel, [message], [outcome], utcnow())
+        # A test send has one attempt: its claim is the row's own.
+        row = session.get(Delivery, message.delivery_id)
+        claimed_at = row.claimed_at if row is not None and row.claimed_at else utcnow()
+        record(session, channel, [message], [outcome], utcnow(), claimed_at)
 
 
 def _mark_unknown(engine: Engine, delivery_id: str) -> None:

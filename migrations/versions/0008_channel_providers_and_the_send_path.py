@@ -43,6 +43,7 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("test", sa.Boolean(), nullable=False, server_default=sa.false())
         )
+        batch_op.add_column(sa.Column("claimed_at", models.types.UTCDateTime(), nullable=True))
     with op.batch_alter_table("account") as batch_op:
         batch_op.add_column(
             sa.Column("delivery_guarantees", _JSON, nullable=False, server_default=sa.text("'{}'"))
@@ -53,6 +54,7 @@ def downgrade() -> None:
     with op.batch_alter_table("account") as batch_op:
         batch_op.drop_column("delivery_guarantees")
     with op.batch_alter_table("delivery") as batch_op:
+        batch_op.drop_column("claimed_at")
         batch_op.drop_column("test")
         batch_op.drop_column("segments")
     op.drop_table("provider_pace")

@@ -90,10 +90,13 @@ class ProviderUnavailable(ProviderError):
     """The provider could not take the message now (timeout, connection refused, 429, 5xx):
     retry with back-off, no sooner than `retry_after` seconds when the provider said so."""
 
-    def __init__(self, detail: str, *, retry_after: float | None = None):
+    def __init__(self, detail: str, *, retry_after: float | None = None, maybe_sent: bool = False):
         super().__init__(detail)
         self.detail = detail
         self.retry_after = retry_after
+        # The request may have reached the provider (a read timeout after it was written): the
+        # send path keeps the claim in flight for the channel's guarantee instead of releasing.
+        self.maybe_sent = maybe_sent
 
 
 class ProviderMisconfigured(ProviderError):
@@ -122,9 +125,6 @@ class Provider:
 
     name: str = "provider"
     limits: ProviderLimits = ProviderLimits()
-    # Messages per second this worker has seen the provider take (set by the send path), so
-    # campaign pages can be sized to what it really carries in a few seconds.
-    observed_per_second: float | None = None
 
     async def send(self, message: OutgoingMessage) -> SendReceipt:
         raise NotImplementedError
@@ -144,6 +144,8 @@ class Provider:
                     return await self.send(message)
                 except ProviderError as exc:
                     return exc
+                except Exception as exc:  # a bug or an unforeseen error: it may have gone out
+                    return ProviderUnavailable(f"unexpected {exc!r}", maybe_sent=True)
 
         return list(await asyncio.gather(*(one(m) for m in messages)))
 

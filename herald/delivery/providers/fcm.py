@@ -24,7 +24,7 @@ from herald.delivery.providers.base import (
     SendReceipt,
 )
 from herald.delivery.providers.google_auth import ServiceAccount, ServiceAccountTokens
-from herald.delivery.providers.http_replies import HttpProvider, retry_after_seconds
+from herald.delivery.providers.http_replies import HttpProvider, request_failed, retry_after_seconds
 
 FCM_API = "https://fcm.googleapis.com"
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -170,10 +170,10 @@ class FcmProvider(HttpProvider):
             return await self._http().post(
                 url, json=body, headers={"Authorization": f"Bearer {access}"}
             )
-        except httpx.TimeoutException:
-            raise ProviderUnavailable("FCM timed out") from None
+        except httpx.TimeoutException as exc:
+            raise request_failed("FCM timed out", exc) from None
         except httpx.TransportError as exc:
-            raise ProviderUnavailable(f"could not reach FCM: {exc!r}") from None
+            raise request_failed("could not reach FCM", exc) from None
 
     def _outcome(self, token: str, response: httpx.Response) -> _TokenOutcome:
         """One token's answer; errors that condemn the whole channel are raised, not returned."""
@@ -261,7 +261,9 @@ def _fold(outcomes: Sequence[_TokenOutcome]) -> SendReceipt:
     if unavailable:
         waits = [o.retry_after for o in unavailable if o.retry_after is not None]
         raise ProviderUnavailable(
-            "; ".join(o.detail for o in unavailable), retry_after=max(waits) if waits else None
+            "; ".join(o.detail for o in unavailable),
+            retry_after=max(waits) if waits else None,
+            maybe_sent=any(o.maybe_sent for o in unavailable),
         )
     for failure in failures:
         if isinstance(failure, ProviderRejected):

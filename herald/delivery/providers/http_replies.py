@@ -7,7 +7,7 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
-from herald.delivery.providers.base import Provider
+from herald.delivery.providers.base import Provider, ProviderUnavailable
 
 
 def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -46,6 +46,16 @@ async def read_at_most(response: httpx.Response, limit: int) -> tuple[bytes, boo
         if size >= limit:
             return b"".join(chunks)[:limit], True
     return b"".join(chunks), False
+
+
+def request_failed(what: str, exc: Exception) -> ProviderUnavailable:
+    """A request that got no answer. Once it was written (a read timeout, a dropped
+    connection), the provider may have acted on it: `maybe_sent`, so the send path leaves the
+    message to the channel's guarantee instead of sending it again at once."""
+    maybe = isinstance(
+        exc, (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError, TimeoutError)
+    )
+    return ProviderUnavailable(f"{what}: {exc!r}", maybe_sent=maybe)
 
 
 class HttpProvider(Provider):

@@ -48,7 +48,7 @@ from herald.delivery.providers.base import (
     SendReceipt,
     not_started,
 )
-from herald.delivery.providers.http_replies import HttpProvider, retry_after_seconds
+from herald.delivery.providers.http_replies import HttpProvider, request_failed, retry_after_seconds
 
 MAX_BATCH_MESSAGES = 500  # Postmark: at most 500 messages per batch call...
 MAX_BATCH_BYTES = 50 * 1000 * 1000  # ...and 50 MB per call, attachments included
@@ -192,9 +192,7 @@ class PostmarkProvider(HttpProvider):
                 "/email/batch", content=body, headers={"Content-Type": "application/json"}
             )
         except httpx.RequestError as exc:
-            error: ProviderError = ProviderUnavailable(
-                f"Postmark batch failed: {type(exc).__name__}"
-            )
+            error: ProviderError = request_failed("Postmark batch failed", exc)
             return [error] * len(items)
         if not response.is_success:
             return [_request_error(response)] * len(items)

@@ -170,6 +170,8 @@ class SmtpProvider(Provider):
         try:
             return parse_address(sender)
         except ValueError as exc:
+            if message.sender:  # this message's own sender: its content is at fault
+                raise ProviderRejected("invalid_sender", f"{sender!r}: {exc}") from exc
             raise ProviderMisconfigured(f"sender address {sender!r} is not usable: {exc}") from exc
 
     def _follow_running_loop(self) -> None:

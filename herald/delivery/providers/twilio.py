@@ -24,7 +24,7 @@ from herald.delivery.providers.base import (
     ProviderUnavailable,
     SendReceipt,
 )
-from herald.delivery.providers.http_replies import HttpProvider
+from herald.delivery.providers.http_replies import HttpProvider, request_failed
 from herald.delivery.sms_segments import sms_segments
 from models.enums import Channel
 
@@ -180,11 +180,11 @@ class TwilioProvider(HttpProvider):
         try:
             return await self._http().request(method, path, data=data)
         except httpx.TimeoutException as exc:
-            raise ProviderUnavailable(
-                f"Twilio did not answer within {self.config.timeout_seconds}s ({exc!r})"
+            raise request_failed(
+                f"Twilio did not answer within {self.config.timeout_seconds}s", exc
             ) from exc
         except httpx.TransportError as exc:
-            raise ProviderUnavailable(f"could not reach Twilio: {exc!r}") from exc
+            raise request_failed("could not reach Twilio", exc) from exc
 
 
 def _whatsapp(address: str) -> str:

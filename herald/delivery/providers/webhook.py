@@ -45,7 +45,12 @@ from herald.delivery.providers.base import (
     ProviderUnavailable,
     SendReceipt,
 )
-from herald.delivery.providers.http_replies import HttpProvider, read_at_most, retry_after_seconds
+from herald.delivery.providers.http_replies import (
+    HttpProvider,
+    read_at_most,
+    request_failed,
+    retry_after_seconds,
+)
 from herald.delivery.url_safety import UnsafeUrl, check_url
 
 MESSAGE_EVENT = "message.created"  # the payload `type` of a message
@@ -258,7 +263,7 @@ class WebhookProvider(HttpProvider):
             ):
                 content, _truncated = await read_at_most(response, self._max_response_bytes)
         except (httpx.RequestError, TimeoutError) as exc:
-            raise ProviderUnavailable(f"webhook request failed: {type(exc).__name__}") from exc
+            raise request_failed("webhook request failed", exc) from exc
         return response, content
 
 
