@@ -243,7 +243,7 @@ def test_a_young_claim_is_left_to_its_attempt(db, account, clock):
     with pytest.raises(ApplicationError) as raised:
         deliver_with(db, clock, provider)(request)
     assert raised.value.type == PROVIDER_UNAVAILABLE
-    assert raised.value.next_retry_delay == timedelta(seconds=40)
+    assert raised.value.next_retry_delay == timedelta(seconds=25)
     assert provider.sent == [] and [r.status for r in rows(db)] == ["sending"]
 
 

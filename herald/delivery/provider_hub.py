@@ -85,8 +85,14 @@ class ProviderHub:
         timeout: float,
         deadline: float | None = None,
     ) -> list[SendOutcome]:
-        """Sends on the hub's loop and waits (this thread holds no transaction meanwhile)."""
-        return list(self.submit(provider.send_many(messages, deadline=deadline)).result(timeout))
+        """Sends on the hub's loop and waits (this thread holds no transaction meanwhile). Past
+        `timeout` the sends are cancelled, so none outlives the attempt that claimed it."""
+        future = self.submit(provider.send_many(messages, deadline=deadline))
+        try:
+            return list(future.result(timeout))
+        except TimeoutError:
+            future.cancel()
+            raise
 
     def check(self, provider: Provider, timeout: float) -> None:
         self.submit(provider.check()).result(timeout)

@@ -47,8 +47,9 @@ log = structlog.get_logger("herald.delivery")
 
 _delivery = Delivery.__table__
 _IN_FLIGHT = (DeliveryStatus.sending, DeliveryStatus.unknown)
-# Longer than any attempt can run (30 s activity timeout): an older claim's attempt is gone.
-STALE_CLAIM = timedelta(seconds=45)
+# An attempt sends only within its budget plus grace after claiming (15 + 8 s, pace.py), and
+# Temporal retries a lost one after its 30 s timeout: a claim this old has no live sender.
+STALE_CLAIM = timedelta(seconds=30)
 # A misconfigured channel is asked again this often until an operator fixes it.
 MISCONFIGURED_RETRY = timedelta(minutes=1)
 PROVIDER_UNAVAILABLE = "ProviderUnavailable"
