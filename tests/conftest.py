@@ -30,6 +30,12 @@ POSTGRES_URL = os.environ.get("HERALD_TEST_POSTGRES_URL")
 # One schema per test process, so parallel runs against one server never see each other.
 PG_SCHEMA = f"herald_test_{os.getpid()}"
 SHOPIFY_SECRET = "shpss_test_secret"
+# Processes the tests start (`herald worker`, `herald dev`) run this checkout's code, not the
+# checkout the venv's editable install points at (git worktrees share one venv).
+CHECKOUT = Path(__file__).resolve().parents[1]
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")])
+)
 
 # Tables emptied between tests, children first. Account, metrics and API keys persist.
 _TRANSIENT_TABLES = (

@@ -4,21 +4,24 @@ It records every message it accepts, parsed, with its envelope, the login and wh
 session was encrypted; it counts the client sessions it served and the most open at once, as a
 relay that caps connections would. It can require AUTH, serve STARTTLS or implicit TLS with a
 certificate the test makes, refuse chosen senders or recipients with the reply a relay gives,
-and drop connections as a restarting server does.
+drop connections as a restarting server does, and hold its answers after a number of messages
+(as a slow relay does) so that a test can kill a client while its sends are in flight.
 """
 
+import asyncio
 import ipaddress
 import socket
 import ssl
 import threading
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email import policy
 from email.message import EmailMessage
-from email.parser import BytesParser
+from email.parser import BytesHeaderParser, BytesParser
 from pathlib import Path
 from typing import Any, Literal
 
@@ -111,6 +114,10 @@ class SmtpSink:
     refuse_recipients: dict[str, str] = field(default_factory=dict)
     refuse_data: dict[str, str] = field(default_factory=dict)
     drop_at_rcpt: set[str] = field(default_factory=set)  # the server hangs up at RCPT TO
+    # After this many messages, each further one is queued (counted in `received`, as an MTA
+    # that has the whole message keeps it) but its 250 waits until release(): the client cannot
+    # tell whether it went. None: every message is answered at once.
+    hold_after: int | None = None
     received: list[Received] = field(default_factory=list)
     rcpt_attempts: list[str] = field(default_factory=list)
     sessions_opened: int = 0
@@ -124,10 +131,29 @@ class SmtpSink:
         self._open: dict[SMTP, int] = {}  # live session -> its number
         self._changed = threading.Condition()
         self._controller: Controller | None = None
+        self._released = threading.Event()  # read by the test's thread
+        self._answers = asyncio.Event()  # awaited on the server's loop
 
     @property
     def messages(self) -> list[EmailMessage]:
         return [r.message for r in self.received]
+
+    def per_recipient(self) -> Counter[str]:
+        """How many messages each recipient got."""
+        with self._changed:
+            return Counter(address for r in self.received for address in r.rcpt_tos)
+
+    def message_ids(self) -> dict[str, set[str]]:
+        """The Message-IDs each recipient got (headers only: cheap enough for thousands)."""
+        parser = BytesHeaderParser(policy=policy.default)
+        with self._changed:
+            received = list(self.received)
+        ids: dict[str, set[str]] = {}
+        for r in received:
+            message_id = str(parser.parsebytes(r.data)["Message-ID"])
+            for address in r.rcpt_tos:
+                ids.setdefault(address, set()).add(message_id)
+        return ids
 
     @property
     def open_now(self) -> int:
@@ -173,6 +199,17 @@ class SmtpSink:
         for server in sessions:
             self._controller.loop.call_soon_threadsafe(_hang_up, server)
         self.wait_closed()
+
+    def holding(self) -> bool:
+        """True once a message waits for its answer (see hold_after)."""
+        with self._changed:
+            return self._holds(len(self.received))
+
+    def release(self) -> None:
+        """Answers the held messages (to whoever is still connected) and holds no more."""
+        self._released.set()
+        if self._controller is not None:
+            self._controller.loop.call_soon_threadsafe(self._answers.set)
 
     def wait_closed(self, timeout: float = 2.0) -> None:
         """Waits until no session is open (after a client's QUIT, for instance)."""
@@ -240,6 +277,17 @@ class SmtpSink:
             )
         return "250 2.0.0 Ok: queued"
 
+    def _holds(self, number: int) -> bool:
+        return (
+            self.hold_after is not None and number > self.hold_after and not self._released.is_set()
+        )
+
+    async def _answer(self, number: int, reply: str) -> str:
+        # A client that dies meanwhile cancels this wait; the message stays received.
+        if self._holds(number):
+            await self._answers.wait()
+        return reply
+
 
 class _Hooks:
     """aiosmtpd's handler. Not the sink itself: aiosmtpd reads every attribute of its handler on
@@ -255,7 +303,11 @@ class _Hooks:
         return self.sink._rcpt_to(server, envelope, address)
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802
-        return self.sink._data(server, session, envelope)
+        reply = self.sink._data(server, session, envelope)
+        if not reply.startswith("250"):
+            return reply
+        # The sink's loop runs one handler at a time between awaits: this is the message's number.
+        return await self.sink._answer(len(self.sink.received), reply)
 
 
 class _SinkSMTP(SMTP):
