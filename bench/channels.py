@@ -107,9 +107,10 @@ async def raw_twilio(url: str, count: int, concurrency: int) -> float:
 
 
 class HeraldWorld:
-    """A migrated SQLite database with `count` subscribed profiles on one list."""
+    """A migrated SQLite database with `count` subscribed profiles, and one list per audience
+    size holding the first that many."""
 
-    def __init__(self, count: int):
+    def __init__(self, count: int, sizes: set[int]):
         from sqlalchemy import insert
 
         from herald.cli.migrate import upgrade
@@ -120,17 +121,19 @@ class HeraldWorld:
         from models.profile import Consent, Profile
         from models.types import utcnow
 
+        self.lists: dict[int, str] = {}  # audience size -> a list of the first that many
         self.dir = tempfile.TemporaryDirectory(prefix="herald-bench-channels-")
         self.engine = make_engine(f"sqlite:///{Path(self.dir.name) / 'herald.db'}")
         upgrade(self.engine)
         now = utcnow()
-        self.list_id = new_id("li")
         ids = [f"pr_{i:08d}" for i in range(count)]
         with session_scope(self.engine) as session:
             account = session.get(Account, 1)
             account.smart_sending_hours = {"email": 0, "sms": 0, "whatsapp": 0, "push": 0}
             session.add(account)
-            session.add(ProfileList(id=self.list_id, name="bench"))
+            for size in sorted(sizes | {count}):
+                self.lists[size] = new_id("li")
+                session.add(ProfileList(id=self.lists[size], name=f"first {size}"))
             session.flush()
             session.execute(
                 insert(Profile.__table__),
@@ -168,11 +171,16 @@ class HeraldWorld:
             )
             session.execute(
                 insert(ListMembership.__table__),
-                [{"list_id": self.list_id, "profile_id": p, "added_at": now} for p in ids],
+                [
+                    {"list_id": list_id, "profile_id": p, "added_at": now}
+                    for size, list_id in self.lists.items()
+                    for p in ids[:size]
+                ],
             )
 
-    def send_all(self, channel: str, provider) -> float:
-        """Sends one campaign message to the whole list through send_page; seconds taken."""
+    def send_all(self, count: int, channel: str, provider) -> float:
+        """Sends one campaign message to the list's first `count` profiles through send_page;
+        seconds taken."""
         from activities.campaigns import CampaignActivities
         from herald.campaigns.contract import (
             CampaignSettings,
@@ -204,7 +212,7 @@ class HeraldWorld:
             id=new_id("pa"),
             position=0,
             name="all",
-            include_lists=[self.list_id],
+            include_lists=[self.lists[count]],
             messages=[message],
         )
         settings = CampaignSettings(campaign_id=new_id("cp"), name="bench", path_order=[path.id])
@@ -285,16 +293,19 @@ def main() -> None:
 
     controller, sink, port = start_sink()
     rows: list[dict] = []
+    # Twilio answers after 50 ms: a few seconds' worth of messages per run at each concurrency.
+    counts = {"smtp": lambda c: args.messages, "twilio": lambda c: min(args.messages, 60 * c)}
     log(f"seeding {args.messages} profiles")
-    world = HeraldWorld(args.messages)
+    world = HeraldWorld(args.messages, {counts[n](c) for n in counts for c in levels})
     try:
         with fake_twilio(ACCOUNT, auth_token=TOKEN, latency=TWILIO_LATENCY) as twilio:
             for c in levels:
                 for name, raw, herald in (
                     (
                         "smtp",
-                        lambda c=c: asyncio.run(raw_smtp(port, args.messages, c)),
-                        lambda c=c: world.send_all(
+                        lambda n, c=c: asyncio.run(raw_smtp(port, n, c)),
+                        lambda n, c=c: world.send_all(
+                            n,
                             "email",
                             SmtpProvider(
                                 SmtpConfig(
@@ -310,8 +321,9 @@ def main() -> None:
                     ),
                     (
                         "twilio",
-                        lambda c=c: asyncio.run(raw_twilio(twilio.url, args.messages, c)),
-                        lambda c=c: world.send_all(
+                        lambda n, c=c: asyncio.run(raw_twilio(twilio.url, n, c)),
+                        lambda n, c=c: world.send_all(
+                            n,
                             "sms",
                             TwilioProvider(
                                 TwilioConfig(
@@ -327,15 +339,17 @@ def main() -> None:
                     ),
                 ):
                     raw_s, herald_s = [], []
+                    count = counts[name](c)
                     for _ in range(args.repeat):  # alternate, so drift hits both alike
-                        raw_s.append(raw())
-                        herald_s.append(herald())
-                    raw_rate = args.messages / statistics.median(raw_s)
-                    herald_rate = args.messages / statistics.median(herald_s)
+                        raw_s.append(raw(count))
+                        herald_s.append(herald(count))
+                    raw_rate = count / statistics.median(raw_s)
+                    herald_rate = count / statistics.median(herald_s)
                     rows.append(
                         {
                             "provider": name,
                             "concurrency": c,
+                            "messages": count,
                             "raw_per_s": raw_rate,
                             "herald_per_s": herald_rate,
                             "ratio": herald_rate / raw_rate,
@@ -347,12 +361,15 @@ def main() -> None:
 
     render_ms = render_time()
     print()
-    print(f"{args.messages} messages per run, median of {args.repeat}; Twilio answers after 50 ms")
-    print(f"{'provider':<9}{'conc':>5}{'raw msg/s':>12}{'Herald msg/s':>14}{'Herald/raw':>12}")
+    print(f"median of {args.repeat} runs per cell; Twilio answers after 50 ms")
+    print(
+        f"{'provider':<9}{'conc':>5}{'messages':>9}{'raw msg/s':>12}{'Herald msg/s':>14}"
+        f"{'Herald/raw':>12}"
+    )
     for row in rows:
         print(
-            f"{row['provider']:<9}{row['concurrency']:>5}{row['raw_per_s']:>12,.0f}"
-            f"{row['herald_per_s']:>14,.0f}{row['ratio']:>11.2f}x"
+            f"{row['provider']:<9}{row['concurrency']:>5}{row['messages']:>9}"
+            f"{row['raw_per_s']:>12,.0f}{row['herald_per_s']:>14,.0f}{row['ratio']:>11.2f}x"
         )
     print(f"render: {render_ms:.2f} ms per message (30 KB HTML email, 20 links, Liquid)")
     checks = [
