@@ -49,6 +49,12 @@ class Reply:
 Handler = Callable[[Request], Reply]
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default backlog of 5 resets clients that open dozens of connections at
+    # once, as a provider's concurrent sender does.
+    request_queue_size = 128
+
+
 class FakeServer:
     def __init__(self, handler: Handler):
         self.handler = handler
@@ -88,7 +94,7 @@ class FakeServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
 
