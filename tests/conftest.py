@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -243,6 +244,7 @@ async def temporal_server():
         data_converter=pydantic_data_converter,
         search_attributes=[sa.KIND, sa.CAMPAIGN_ID, sa.FLOW_ID, sa.PROFILE_ID, sa.STEP],
         dev_server_extra_args=["--sqlite-pragma", "journal_mode=wal"],
+        dev_server_startup_timeout=timedelta(seconds=60),
     )
     yield env
     await env.shutdown()
@@ -259,6 +261,8 @@ async def skipping_env():
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=find_binary("temporal-test-server"),
         data_converter=pydantic_data_converter,
+        # The default 5 s is too short on a loaded 2-core CI machine (seen once).
+        test_server_startup_timeout=timedelta(seconds=60),
     )
     yield env
     await env.shutdown()

@@ -388,6 +388,8 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=find_binary("temporal-test-server"),
         data_converter=pydantic_data_converter,
+        # The default 5 s is too short on a loaded 2-core CI machine (seen once).
+        test_server_startup_timeout=timedelta(seconds=60),
     )
     yield env
     await env.shutdown()
