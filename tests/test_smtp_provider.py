@@ -10,7 +10,9 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from email import message_from_bytes
 from email.message import EmailMessage
+from email.policy import default
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -137,9 +139,14 @@ async def test_message_sender_replaces_the_configured_one_and_names_the_message_
 
 def test_message_id_is_the_same_on_every_attempt_at_one_key_and_differs_across_keys():
     provider = SmtpProvider(SmtpConfig(host="relay.test", sender="shop@herald.test"))
-    first = provider.build(email(1, delivery_id="dlv-a"))
-    retry = provider.build(email(1, delivery_id="dlv-b"))  # a new delivery row, the same key
-    other = provider.build(email(2))
+    first, retry, other = (
+        message_from_bytes(provider.build(m)[0], policy=default)
+        for m in (
+            email(1, delivery_id="dlv-a"),
+            email(1, delivery_id="dlv-b"),  # a new delivery row, the same key
+            email(2),
+        )
+    )
     digest = hashlib.sha256(b"campaign/7/step/1/profile/1").hexdigest()[:32]
     assert first["Message-ID"] == retry["Message-ID"] == f"<{digest}@herald.test>"
     assert first["X-Herald-Delivery-Id"] != retry["X-Herald-Delivery-Id"]
@@ -194,6 +201,26 @@ async def test_a_message_that_cannot_be_sent_as_it_is_is_rejected_before_connect
             await provider.send(email(headers=headers, to_address=to_address))
     assert refused.value.reason == reason
     assert sink.sessions_opened == 0
+
+
+async def test_an_address_that_is_not_ascii_goes_with_smtputf8_where_the_relay_offers_it():
+    message = email(to_address="jürgen@bücher.example", subject="Grüße")
+    with smtp_sink(smtputf8=True) as sink:
+        async with provider_for(config_for(sink)) as provider:
+            await provider.send(message)
+    [received] = sink.received
+    assert received.rcpt_tos == ["jürgen@bücher.example"]
+    assert "SMTPUTF8" in received.mail_options
+    assert received.message["To"] == "jürgen@bücher.example"
+    assert received.message["Subject"] == "Grüße"
+
+
+async def test_an_address_that_is_not_ascii_is_refused_by_a_relay_without_smtputf8(sink):
+    async with provider_for(config_for(sink)) as provider:
+        with pytest.raises(ProviderRejected) as refused:
+            await provider.send(email(to_address="jürgen@bücher.example"))
+    assert refused.value.reason == "invalid_address"
+    assert sink.received == []
 
 
 # The pool

@@ -1,5 +1,6 @@
 """The Twilio provider against a fake Twilio that checks auth, URL and every form field."""
 
+import asyncio
 import base64
 import json
 import re
@@ -404,6 +405,19 @@ async def test_send_many_keeps_at_most_concurrency_requests_in_flight() -> None:
     assert all(isinstance(outcome, SendReceipt) for outcome in outcomes)
     assert sorted(form["Body"] for form in fake.accepted) == sorted(m.body for m in messages)
     assert len({o.provider_message_id for o in outcomes if isinstance(o, SendReceipt)}) == 20
+    assert fake.max_in_flight == 4
+
+
+async def test_concurrent_send_manys_share_the_providers_concurrency() -> None:
+    # Two pages (or a page and a test send) on one worker: four in flight between them.
+    with fake_twilio(ACCOUNT, auth_token=TOKEN, latency=0.1) as fake:
+        batches = [
+            [replace(sms(f"{b}-{i}"), delivery_id=f"d{b}-{i}") for i in range(8)] for b in "ab"
+        ]
+        async with twilio(config(fake, concurrency=4)) as provider:
+            first, second = await asyncio.gather(*(provider.send_many(b) for b in batches))
+
+    assert all(isinstance(outcome, SendReceipt) for outcome in first + second)
     assert fake.max_in_flight == 4
 
 

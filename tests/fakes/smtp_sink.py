@@ -85,6 +85,7 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes  # the message as it came, CRLF line ends and all
+    mail_options: list[str]  # MAIL FROM's parameters (SMTPUTF8, BODY=...)
     login: str | None  # the user the session logged in as
     tls: bool  # the session was encrypted when the message came
     session: int  # 1 for the first client session the sink served, and so on
@@ -118,6 +119,7 @@ class SmtpSink:
     # that has the whole message keeps it) but its 250 waits until release(): the client cannot
     # tell whether it went. None: every message is answered at once.
     hold_after: int | None = None
+    smtputf8: bool = False  # offers SMTPUTF8 (RFC 6531): addresses and headers in UTF-8
     received: list[Received] = field(default_factory=list)
     rcpt_attempts: list[str] = field(default_factory=list)
     sessions_opened: int = 0
@@ -166,7 +168,10 @@ class SmtpSink:
         context = self.certificate.server_context() if self.certificate else None
         if self.tls != "none" and context is None:
             raise ValueError("a TLS sink needs a certificate")
-        smtp_options: dict[str, Any] = {"server_hostname": "relay.herald.test"}
+        smtp_options: dict[str, Any] = {
+            "server_hostname": "relay.herald.test",
+            "enable_SMTPUTF8": self.smtputf8,
+        }
         if self.tls == "starttls":
             smtp_options |= {"tls_context": context, "require_starttls": True}
         if self.login:
@@ -270,6 +275,7 @@ class SmtpSink:
                     mail_from=envelope.mail_from,
                     rcpt_tos=list(envelope.rcpt_tos),
                     data=envelope.content,
+                    mail_options=list(envelope.mail_options),
                     login=session.auth_data.login.decode() if session.authenticated else None,
                     tls=_encrypted(server),
                     session=number,

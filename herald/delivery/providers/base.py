@@ -129,12 +129,23 @@ class Provider:
     async def send(self, message: OutgoingMessage) -> SendReceipt:
         raise NotImplementedError
 
+    def concurrency_gate(self) -> asyncio.Semaphore:
+        """The provider's requests in flight, shared by every `send_many` running at once on
+        this event loop (two campaigns' pages, a test send beside them), so together they stay
+        inside `limits.concurrency`. A semaphore belongs to its loop: a new loop, a new one."""
+        loop = asyncio.get_running_loop()
+        held = self.__dict__.get("_gate")
+        if held is None or held[0] is not loop:
+            held = (loop, asyncio.Semaphore(max(1, self.limits.concurrency)))
+            self.__dict__["_gate"] = held
+        return held[1]
+
     async def send_many(
         self, messages: Sequence[OutgoingMessage], *, deadline: float | None = None
     ) -> list[SendOutcome]:
         """One outcome per message, in order; never raises for one message's error. A message
         not started by `deadline` (time.monotonic()) is not sent: `not_started(...)`."""
-        gate = asyncio.Semaphore(max(1, self.limits.concurrency))
+        gate = self.concurrency_gate()
 
         async def one(message: OutgoingMessage) -> SendOutcome:
             async with gate:

@@ -120,7 +120,7 @@ class PostmarkProvider(HttpProvider):
             else:
                 encoded.append((index, item))
 
-        gate = asyncio.Semaphore(self.config.concurrency)
+        gate = self.concurrency_gate()
 
         async def one_batch(batch: list[tuple[int, bytes]]) -> None:
             async with gate:
