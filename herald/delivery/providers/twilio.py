@@ -8,8 +8,6 @@ received the request can, when retried, send the message twice.
 """
 
 import json
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Self
 
 import httpx
@@ -24,7 +22,11 @@ from herald.delivery.providers.base import (
     ProviderUnavailable,
     SendReceipt,
 )
-from herald.delivery.providers.http_replies import HttpProvider, request_failed
+from herald.delivery.providers.http_replies import (
+    HttpProvider,
+    request_failed,
+    retry_after_seconds,
+)
 from herald.delivery.sms_segments import sms_segments
 from models.enums import Channel
 
@@ -207,10 +209,9 @@ def _classify(response: httpx.Response) -> ProviderError:
     status = response.status_code
     code, detail = _twilio_error(response)
     said = f"Twilio {status}, code {code}: {detail}"
-    if status == 429:
-        return ProviderUnavailable(said, retry_after=_retry_after(response))
-    if status >= 500:
-        return ProviderUnavailable(said, retry_after=_retry_after(response))
+    if status == 429 or status >= 500:
+        wait = retry_after_seconds(response.headers.get("retry-after"))
+        return ProviderUnavailable(said, retry_after=wait)
     if status in (401, 403) or code == AUTHENTICATE_CODE:
         return ProviderMisconfigured(f"Twilio refused the credentials ({said})")
     provider_code = str(code) if code is not None else None
@@ -241,21 +242,3 @@ def _json_object(response: httpx.Response) -> dict[str, object]:
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    """Retry-After as seconds (or an HTTP date); None when absent or unreadable."""
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
