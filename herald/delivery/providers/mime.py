@@ -40,7 +40,7 @@ def header(name: str, value: str, utf8: bool = False) -> str:
     policy = SMTPUTF8_POLICY if utf8 else SMTP_POLICY
     # A header object, not policy.fold(name, value): that passes a short value through as it
     # is, UTF-8 and all, taking it for one read off the wire.
-    return policy.header_factory(name, value).fold(policy=policy)
+    return str(policy.header_factory(name, value).fold(policy=policy))
 
 
 def _free_text(name: str) -> bool:
