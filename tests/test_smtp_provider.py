@@ -374,6 +374,18 @@ async def test_sender_refused_with_a_5xx_is_a_misconfigured_channel(sink):
     assert "shop@herald.test" in refused.value.detail and "553" in refused.value.detail
 
 
+async def test_a_message_over_the_relays_declared_size_is_rejected_as_too_large():
+    with smtp_sink(size_limit=4000) as sink:
+        async with provider_for(config_for(sink)) as provider:
+            await provider.send(email(1))  # about 1 KB: goes, with its size declared
+            with pytest.raises(ProviderRejected) as refused:
+                await provider.send(email(2, body="<p>" + "sale " * 2000 + "</p>"))
+    [received] = sink.received
+    assert received.rcpt_tos == ["ada1@example.com"]
+    assert any(option.upper().startswith("SIZE=") for option in received.mail_options)
+    assert (refused.value.reason, refused.value.provider_code) == ("message_too_large", "552")
+
+
 async def test_connection_refused_is_unavailable():
     config = SmtpConfig(host="127.0.0.1", port=unused_port(), tls="none", sender="s@herald.test")
     async with provider_for(config) as provider:

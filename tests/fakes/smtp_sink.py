@@ -120,6 +120,7 @@ class SmtpSink:
     # tell whether it went. None: every message is answered at once.
     hold_after: int | None = None
     smtputf8: bool = False  # offers SMTPUTF8 (RFC 6531): addresses and headers in UTF-8
+    size_limit: int | None = None  # advertises SIZE (RFC 1870) and refuses larger messages
     received: list[Received] = field(default_factory=list)
     rcpt_attempts: list[str] = field(default_factory=list)
     sessions_opened: int = 0
@@ -172,6 +173,8 @@ class SmtpSink:
             "server_hostname": "relay.herald.test",
             "enable_SMTPUTF8": self.smtputf8,
         }
+        if self.size_limit is not None:
+            smtp_options["data_size_limit"] = self.size_limit
         if self.tls == "starttls":
             smtp_options |= {"tls_context": context, "require_starttls": True}
         if self.login:

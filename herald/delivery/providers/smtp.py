@@ -285,6 +285,8 @@ class SmtpProvider(Provider):
             return ProviderUnavailable(f"{where} deferred the recipient: {detail}")
         if isinstance(exc, aiosmtplib.SMTPSenderRefused):
             detail = f"{exc.code} {exc.message}"
+            if exc.code == 552:  # RFC 1870: the declared SIZE is over the relay's limit
+                return ProviderRejected("message_too_large", detail, provider_code="552")
             if exc.code >= 500:  # the relay will not send for this From address: every message
                 return ProviderMisconfigured(f"{where} refused the sender {exc.sender!r}: {detail}")
             return ProviderUnavailable(f"{where} deferred the sender: {detail}")
