@@ -290,18 +290,19 @@ class FlowRoutingHandler:
         if not running.exited:
             return
         enrollments = FlowEnrollment.__table__
-        exiting = session.execute(
-            update(enrollments)
-            .where(
-                enrollments.c.workflow_id.in_(running.exited),
-                enrollments.c.status == EnrollmentStatus.running,
-                enrollments.c.exit_reason.is_(None),
-            )
-            .values(exit_reason="converted")
-            .returning(enrollments.c.workflow_id)
-        ).scalars()
-        for workflow_id in exiting:
-            effects.signals.append((workflow_id, SIGNAL_EXIT, "converted"))
+        for start in range(0, len(running.exited), _IN_CHUNK):
+            exiting = session.execute(
+                update(enrollments)
+                .where(
+                    enrollments.c.workflow_id.in_(running.exited[start : start + _IN_CHUNK]),
+                    enrollments.c.status == EnrollmentStatus.running,
+                    enrollments.c.exit_reason.is_(None),
+                )
+                .values(exit_reason="converted")
+                .returning(enrollments.c.workflow_id)
+            ).scalars()
+            for workflow_id in exiting:
+                effects.signals.append((workflow_id, SIGNAL_EXIT, "converted"))
 
     def _wake_waiters(
         self, session: Session, running: "_Running", item: RoutedItem, effects: Effects

@@ -386,6 +386,21 @@ async def test_a_message_over_the_relays_declared_size_is_rejected_as_too_large(
     assert (refused.value.reason, refused.value.provider_code) == ("message_too_large", "552")
 
 
+async def test_a_552_at_mail_that_is_not_about_size_is_the_channels_problem(sink):
+    sink.refuse_senders["shop@herald.test"] = "552 5.2.3 account storage allocation exceeded"
+    async with provider_for(config_for(sink)) as provider:
+        with pytest.raises(ProviderMisconfigured):
+            await provider.send(email())
+
+
+async def test_a_relay_that_speaks_only_helo_gets_its_mail():
+    with smtp_sink(helo_only=True) as sink:
+        async with provider_for(config_for(sink)) as provider:
+            await provider.send(email())
+    [received] = sink.received
+    assert received.rcpt_tos == ["ada0@example.com"]
+
+
 async def test_connection_refused_is_unavailable():
     config = SmtpConfig(host="127.0.0.1", port=unused_port(), tls="none", sender="s@herald.test")
     async with provider_for(config) as provider:

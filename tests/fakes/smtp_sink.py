@@ -121,6 +121,7 @@ class SmtpSink:
     hold_after: int | None = None
     smtputf8: bool = False  # offers SMTPUTF8 (RFC 6531): addresses and headers in UTF-8
     size_limit: int | None = None  # advertises SIZE (RFC 1870) and refuses larger messages
+    helo_only: bool = False  # answers EHLO with 502, as an old relay that speaks only HELO
     received: list[Received] = field(default_factory=list)
     rcpt_attempts: list[str] = field(default_factory=list)
     sessions_opened: int = 0
@@ -334,6 +335,9 @@ class _SinkSMTP(SMTP):
         await super().smtp_HELO(hostname)
 
     async def smtp_EHLO(self, hostname: str) -> None:  # noqa: N802
+        if self._sink.helo_only:
+            await self.push("502 5.5.1 Command not implemented")
+            return
         self._sink._session_started(self)
         await super().smtp_EHLO(hostname)
 

@@ -21,8 +21,13 @@ from herald.delivery.html_text import email_parts
 _MAX_LINE = 998  # RFC 5322 2.1.1, without the CRLF
 _FOLD_AT = 78  # RFC 5322's advised line length: a longer header is folded
 _WORD_BYTES = 39  # per encoded word: 52 base64 characters, a 64-character word
+_WORD_LINE = 76  # RFC 2047 section 2: a line holding an encoded word is at most 76 long
+_WORD_FRAME = len("=?utf-8?b??=")
 # Printable ASCII and tab: a header value that needs neither encoding nor care.
 _PLAIN_HEADER = re.compile(r"[\t\x20-\x7e]*")
+# What no header value may hold: anything str.splitlines() breaks at, and control characters
+# other than tab (RFC 5322 forbids generating them).
+_BREAKS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
 # What a 7bit body may not hold: non-ASCII, NUL and control characters other than tab.
 _NOT_7BIT = re.compile(r"[^\t\n\x20-\x7e]")
 
@@ -31,16 +36,39 @@ def header(name: str, value: str, utf8: bool = False) -> str:
     """One header line (CRLF-terminated). A value holding a line break raises ValueError: it
     would start a header of its own (header injection). `utf8`: the message goes with
     SMTPUTF8 (an address is not ASCII), so headers carry UTF-8 as it is."""
-    if "\r" in value or "\n" in value:
-        raise ValueError(f"header {name} holds a line break")
-    if len(name) + 2 + len(value) <= _FOLD_AT and _PLAIN_HEADER.fullmatch(value):
-        return f"{name}: {value}\r\n"
-    if _free_text(name) and not utf8 and not value.isascii():
+    if _BREAKS.search(value):
+        raise ValueError(f"header {name} holds a line break or a control character")
+    if _PLAIN_HEADER.fullmatch(value):
+        if len(name) + 2 + len(value) <= _FOLD_AT:
+            return f"{name}: {value}\r\n"
+        return _folded(name, value)
+    if _free_text(name) and not utf8 and _first_word_bytes(name) >= 12:
         return _encoded_words(name, value)
     policy = SMTPUTF8_POLICY if utf8 else SMTP_POLICY
     # A header object, not policy.fold(name, value): that passes a short value through as it
     # is, UTF-8 and all, taking it for one read off the wire.
     return str(policy.header_factory(name, value).fold(policy=policy))
+
+
+def _folded(name: str, value: str) -> str:
+    """A long printable-ASCII value folded at its spaces, never encoded: receivers read
+    List-Unsubscribe's URLs from the raw header (the stdlib's folder turns an unbreakable URL
+    into encoded words). A word too long for one line gets a line of its own, up to 998."""
+    lines, line = [], f"{name}:"
+    for word in value.split(" "):
+        if len(line) + 1 + len(word) > _FOLD_AT and line.strip() and line != f"{name}:":
+            lines.append(line)
+            line = ""
+        line += " " + word
+    lines.append(line)
+    if max(map(len, lines)) > _MAX_LINE:
+        raise ValueError(f"header {name} has a word longer than a line may be")
+    return "\r\n".join(lines) + "\r\n"
+
+
+def _first_word_bytes(name: str) -> int:
+    """How many UTF-8 bytes the first encoded word can hold on the header's own line."""
+    return (_WORD_LINE - len(name) - 2 - _WORD_FRAME) // 4 * 3
 
 
 def _free_text(name: str) -> bool:
@@ -54,12 +82,13 @@ def _encoded_words(name: str, value: str) -> str:
     """An unstructured header as RFC 2047 encoded words, one per folded line, each holding
     whole characters. The spaces travel inside the words: the stdlib's folder puts some between
     words, where decoders drop them ("Sale ☀ ☀" would read "Sale ☀☀")."""
-    words, word, size = [], "", 0
+    # The first word shares its line with the name: it holds what fits there.
+    words, word, size, limit = [], "", 0, _first_word_bytes(name)
     for char in value:
         length = len(char.encode())
-        if size + length > _WORD_BYTES:
+        if size + length > limit:
             words.append(word)
-            word, size = "", 0
+            word, size, limit = "", 0, _WORD_BYTES
         word += char
         size += length
     words.append(word)

@@ -285,7 +285,7 @@ class SmtpProvider(Provider):
             return ProviderUnavailable(f"{where} deferred the recipient: {detail}")
         if isinstance(exc, aiosmtplib.SMTPSenderRefused):
             detail = f"{exc.code} {exc.message}"
-            if exc.code == 552:  # RFC 1870: the declared SIZE is over the relay's limit
+            if exc.code == 552 and _about_size(exc.message):  # RFC 1870: SIZE over the limit
                 return ProviderRejected("message_too_large", detail, provider_code="552")
             if exc.code >= 500:  # the relay will not send for this From address: every message
                 return ProviderMisconfigured(f"{where} refused the sender {exc.sender!r}: {detail}")
@@ -339,6 +339,13 @@ class SmtpProvider(Provider):
         await asyncio.gather(*(_quit(c.smtp) for c in idle))
 
 
+def _about_size(message: str) -> bool:
+    """A 552 says the message is too large (5.3.4, or in words); other 552s at MAIL mean the
+    account's storage is full, which is about the channel, not this message."""
+    enhanced = _ENHANCED_CODE.match(message)
+    return bool(enhanced and enhanced.group(2, 3) == ("3", "4")) or "size" in message.lower()
+
+
 @functools.lru_cache(maxsize=4096)  # senders repeat on every message; parsing is not cheap
 def _address(address: str) -> str:
     """The addr-spec an SMTP command carries; ValueError when there is none."""
@@ -352,7 +359,12 @@ async def _transact(
     what it raises), for addresses parsed once already: sendmail parses each address twice
     more, a tenth of the CPU a message costs. `message` has CRLF line ends throughout."""
     if smtp.is_ehlo_or_helo_needed:
-        await smtp.ehlo()
+        try:
+            await smtp.ehlo()
+        except aiosmtplib.SMTPHeloError:  # a relay that speaks only HELO, as sendmail allows
+            if not smtp.is_connected:
+                raise
+            await smtp.helo()
     options: list[bytes] = []
     if smtp.supports_extension("size"):
         options.append(f"SIZE={len(message)}".encode())  # RFC 1870: octets, CRLF included
